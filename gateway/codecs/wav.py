@@ -1,0 +1,124 @@
+"""Reader (and writer) for the WAV files EVI sends in each ``audio_output``.
+
+evi-protocol.md §4.2: every ``audio_output.data`` is a complete WAV file (RIFF header + 16-bit PCM); the
+sample rate is documented as 48 kHz but 24 kHz is observed, so the rate and channel count always come from
+the header. Chunks are walked properly (no fixed 44-byte slice), so extra RIFF chunks (LIST, fact, …) are
+skipped. Anything but 16-bit PCM is an :class:`AudioFormatError` with a message saying what was found.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from gateway.errors import AudioFormatError
+
+WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+MIN_RATE_HZ = 8000
+MAX_RATE_HZ = 192000
+MAX_CHANNELS = 8
+_KSDATAFORMAT_SUBTYPE_PCM_PREFIX = b"\x01\x00\x00\x00"  # first bytes of the PCM sub-format GUID
+
+StereoMode = Literal["mix", "first"]
+
+
+@dataclass(frozen=True, slots=True)
+class WavAudio:
+    """Mono 16-bit little-endian PCM cut out of a WAV file, with what the header said."""
+
+    pcm16: bytes
+    rate_hz: int
+    channels: int
+
+    @property
+    def n_samples(self) -> int:
+        """Mono samples in ``pcm16``."""
+        return len(self.pcm16) // 2
+
+    @property
+    def duration_ms(self) -> float:
+        """Duration of the audio in milliseconds."""
+        return self.n_samples * 1000 / self.rate_hz
+
+    def __repr__(self) -> str:
+        return f"WavAudio({len(self.pcm16)} bytes, {self.rate_hz} Hz, {self.channels} ch)"
+
+
+def read_wav(data: bytes, stereo: StereoMode = "mix") -> WavAudio:
+    """Parse a whole WAV file; return its audio as mono linear16.
+
+    Multi-channel audio is averaged (``"mix"``) or reduced to its first channel (``"first"``).
+    A ``data`` chunk whose declared size overruns the file (streamed WAVs write 0 or 0xFFFFFFFF) is read to
+    the end of the file; a trailing partial sample frame is an error.
+    """
+    if len(data) < 12:
+        raise AudioFormatError(f"WAV too short: {len(data)} bytes, need at least a 12-byte RIFF header")
+    if data[0:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise AudioFormatError(f"not a RIFF/WAVE file (starts with {data[:12]!r})")
+    fmt: tuple[int, int, int, int] | None = None
+    pcm: bytes | None = None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        body_start = pos + 8
+        if chunk_id == b"data":
+            body_end = len(data) if size in (0, 0xFFFFFFFF) or body_start + size > len(data) else body_start + size
+            pcm = data[body_start:body_end]
+            if fmt is not None:
+                break
+        elif chunk_id == b"fmt ":
+            fmt = _parse_fmt(data[body_start : body_start + size])
+        pos = body_start + size + (size & 1)  # RIFF chunks are word-aligned
+    if fmt is None:
+        raise AudioFormatError("WAV has no 'fmt ' chunk before its end")
+    if pcm is None:
+        raise AudioFormatError("WAV has no 'data' chunk")
+    rate_hz, channels, block_align, bits = fmt
+    if bits != 16:
+        raise AudioFormatError(f"WAV sample width is {bits} bits; only 16-bit PCM is supported")
+    if block_align != 2 * channels:
+        raise AudioFormatError(f"WAV block align {block_align} does not match {channels} channel(s) of 16 bits")
+    if len(pcm) % block_align:
+        raise AudioFormatError(f"WAV data is {len(pcm)} bytes, not a whole number of {block_align}-byte frames")
+    return WavAudio(pcm16=_to_mono(pcm, channels, stereo), rate_hz=rate_hz, channels=channels)
+
+
+def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
+    if len(body) < 16:
+        raise AudioFormatError(f"WAV 'fmt ' chunk is {len(body)} bytes, need 16")
+    tag, channels, rate_hz, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    if tag == WAVE_FORMAT_EXTENSIBLE:
+        if len(body) < 40 or body[24:28] != _KSDATAFORMAT_SUBTYPE_PCM_PREFIX:
+            raise AudioFormatError("WAV extensible format with a sub-format other than integer PCM")
+    elif tag != WAVE_FORMAT_PCM:
+        raise AudioFormatError(f"WAV format tag {tag:#06x}; only integer PCM (0x0001) is supported")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioFormatError(f"WAV declares {channels} channels")
+    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+        raise AudioFormatError(f"WAV sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
+    return rate_hz, channels, block_align, bits
+
+
+def _to_mono(pcm: bytes, channels: int, stereo: StereoMode) -> bytes:
+    if channels == 1:
+        return pcm
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)
+    if stereo == "first":
+        return frames[:, 0].tobytes()
+    mixed = frames.astype(np.int32).sum(axis=1) // channels
+    return mixed.astype("<i2").tobytes()
+
+
+def write_wav(pcm16: bytes, rate_hz: int, channels: int = 1, extra_chunks: bytes = b"") -> bytes:
+    """Build a complete WAV file around 16-bit PCM (``extra_chunks`` go between 'fmt ' and 'data')."""
+    if len(pcm16) % (2 * channels):
+        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel 16-bit frames")
+    fmt = struct.pack("<HHIIHH", WAVE_FORMAT_PCM, channels, rate_hz, rate_hz * 2 * channels, 2 * channels, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks
+    body += b"data" + struct.pack("<I", len(pcm16)) + pcm16 + (b"\x00" if len(pcm16) & 1 else b"")
+    return b"RIFF" + struct.pack("<I", len(body)) + body
