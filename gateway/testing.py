@@ -1,0 +1,172 @@
+"""Testing helpers shipped with the package (structlog style): drive a :class:`Call` with no sockets.
+
+:class:`CallDriver` plays Twilio and the upstream against one ``Call`` on a simulated clock, using the real
+wire builders, and keeps every action the call returned so tests can read them back as parsed messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
+from gateway.codecs.wav import write_wav
+from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
+from gateway.core.call import Call, CallParams, TokenRedeemer
+from gateway.wire import evi_messages as evi
+from gateway.wire import twilio_media as tw
+from gateway.wire.evi_codec import EviCodec
+
+
+class CallDriver:
+    """One call, a fake clock, and a log of everything it asked for."""
+
+    def __init__(
+        self,
+        params: CallParams | None = None,
+        tokens: TokenRedeemer | None = None,
+        *,
+        call_sid: str = "CA" + "1" * 32,
+        stream_sid: str = "MZ" + "2" * 32,
+        account_sid: str = "AC" + "3" * 32,
+        start_s: float = 1000.0,
+    ) -> None:
+        self.now = start_s
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid
+        self.account_sid = account_sid
+        self.call = Call(params or CallParams(), EviCodec(), tokens, now=self.now)
+        self.actions: list[Action] = []
+        self._seq = 0
+        self._chunk = 0
+        self._media_ms = 0
+
+    def _record(self, actions: list[Action]) -> list[Action]:
+        self.actions.extend(actions)
+        return actions
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ---------------------------------------------------------------- Twilio side
+
+    def twilio(self, text: str | bytes) -> list[Action]:
+        """Deliver one raw Media Stream frame."""
+        return self._record(self.call.receive_twilio(text, self.now))
+
+    def start(self, custom_parameters: dict[str, str] | None = None, **media_format: Any) -> list[Action]:
+        """``connected`` then ``start`` (twilio-media-streams.md §1.1–§1.2)."""
+        actions = self.twilio(tw.connected_message())
+        actions += self.twilio(
+            tw.start_message(
+                sequence_number=self._next_seq(),
+                stream_sid=self.stream_sid,
+                account_sid=self.account_sid,
+                call_sid=self.call_sid,
+                custom_parameters=custom_parameters or {},
+                **media_format,
+            )
+        )
+        return actions
+
+    def media(self, ulaw: bytes, *, timestamp_ms: int | None = None, stream_sid: str | None = None) -> list[Action]:
+        """One caller frame; timestamps follow the audio unless given."""
+        self._chunk += 1
+        ts = self._media_ms if timestamp_ms is None else timestamp_ms
+        self._media_ms = ts + len(ulaw) // ULAW_BYTES_PER_MS
+        return self.twilio(
+            tw.inbound_media_message(
+                sequence_number=self._next_seq(),
+                stream_sid=stream_sid or self.stream_sid,
+                chunk=self._chunk,
+                timestamp_ms=ts,
+                ulaw=ulaw,
+            )
+        )
+
+    def mark(self, name: str) -> list[Action]:
+        """Twilio echoes a mark."""
+        return self.twilio(
+            tw.mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.stream_sid, name=name)
+        )
+
+    def dtmf(self, digit: str) -> list[Action]:
+        """The caller presses a key."""
+        return self.twilio(tw.dtmf_message(sequence_number=self._next_seq(), stream_sid=self.stream_sid, digit=digit))
+
+    def stop(self) -> list[Action]:
+        """Twilio ends the stream."""
+        return self.twilio(
+            tw.stop_message(
+                sequence_number=self._next_seq(),
+                stream_sid=self.stream_sid,
+                account_sid=self.account_sid,
+                call_sid=self.call_sid,
+            )
+        )
+
+    # ---------------------------------------------------------------- upstream side
+
+    def upstream(self, message: evi.EviModel | str) -> list[Action]:
+        """Deliver one upstream frame (a model, or raw text)."""
+        text = message if isinstance(message, str) else message.to_json()
+        return self._record(self.call.receive_upstream(text, self.now))
+
+    def ready(self) -> list[Action]:
+        """The upstream socket opens and says hello (evi-protocol.md §1.4)."""
+        actions = self._record(self.call.upstream_opened(self.now))
+        return actions + self.upstream(evi.ChatMetadata(chat_id="chat-1", chat_group_id="group-1", request_id="req-1"))
+
+    def say(self, response_id: str, pcm16: bytes, rate_hz: int, *, index: int = 0) -> list[Action]:
+        """One ``audio_output`` chunk (a whole WAV file)."""
+        data = base64.b64encode(write_wav(pcm16, rate_hz)).decode("ascii")
+        return self.upstream(evi.AudioOutput(id=response_id, index=index, data=data))
+
+    # ---------------------------------------------------------------- the clock
+
+    def advance(self, duration_ms: float) -> list[Action]:
+        """Let time pass, ticking every 20 ms like the adapter's ticker."""
+        actions: list[Action] = []
+        end = self.now + duration_ms / 1000
+        while self.now + FRAME_MS / 1000 <= end + 1e-9:
+            self.now += FRAME_MS / 1000
+            actions += self._record(self.call.tick(self.now))
+        self.now = end
+        return actions
+
+    # ---------------------------------------------------------------- reading back
+
+    def to_twilio(self, actions: list[Action] | None = None) -> list[tw.TwilioGatewayMessage]:
+        """Twilio frames the call sent, parsed strictly (each must be a documented shape)."""
+        return [
+            tw.parse_gateway_message(a.text)
+            for a in (self.actions if actions is None else actions)
+            if isinstance(a, SendTwilio)
+        ]
+
+    def to_upstream(self, actions: list[Action] | None = None) -> list[dict[str, Any]]:
+        """Upstream frames the call sent, as JSON objects."""
+        return [
+            json.loads(a.text) for a in (self.actions if actions is None else actions) if isinstance(a, SendUpstream)
+        ]
+
+    def heard_ulaw(self, actions: list[Action] | None = None) -> bytes:
+        """All μ-law audio sent to the caller, in order."""
+        return b"".join(m.ulaw for m in self.to_twilio(actions) if isinstance(m, tw.OutboundMedia))
+
+    def kinds(self, actions: list[Action] | None = None) -> list[str]:
+        """A compact view of actions: 'media', 'mark', 'clear', 'audio', 'session_settings', 'open', …"""
+        out = []
+        for a in self.actions if actions is None else actions:
+            match a:
+                case SendTwilio() | SendUpstream():
+                    out.append(a.kind)
+                case OpenUpstream():
+                    out.append("open")
+                case CloseUpstream():
+                    out.append("close_upstream")
+                case CloseTwilio():
+                    out.append("close_twilio")
+        return out
