@@ -1,0 +1,138 @@
+"""The EVI chat client on ``websockets`` — the only I/O code that knows it is talking to Hume.
+
+evi-protocol.md §1: URL from ``GATEWAY_EVI_URL`` plus ``config_id``; auth by the ``X-Hume-Api-Key`` header,
+or, with ``HUME_SECRET_KEY`` set, a short-lived access token fetched with the client-credentials grant
+(§1.3) so the key itself never leaves this host. §8: messages up to 16 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from gateway.settings import Settings
+from gateway.wire.evi_codec import EviCodec
+from gateway.wire.evi_messages import connect_request, redact_url
+from gateway.wire.upstream import SessionStart, UpstreamCodec
+
+log = logging.getLogger("gateway.evi")
+
+TOKEN_REFRESH_MARGIN_S = 60.0
+
+
+class UpstreamConnectError(ConnectionError):
+    """The upstream session could not be opened (the message never contains credentials)."""
+
+
+@dataclass
+class UpstreamConnection:
+    """One open upstream socket."""
+
+    ws: ClientConnection
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; a closed socket raises ConnectionError."""
+        try:
+            await self.ws.send(text)
+        except websockets.ConnectionClosed as exc:
+            raise ConnectionError(f"EVI socket closed: {exc}") from None
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """Frames until the socket closes, cleanly or not (see :attr:`close_code`)."""
+        try:
+            async for message in self.ws:
+                yield message
+        except websockets.ConnectionClosed:
+            return
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close (idempotent)."""
+        await self.ws.close(code, reason)
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once closed."""
+        return self.ws.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason, once closed."""
+        return self.ws.close_reason or ""
+
+
+class EviConnector:
+    """Opens EVI chat sessions for calls."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession | None = None) -> None:
+        self._settings = settings
+        self._http = http
+        self._token: tuple[str, float] | None = None
+        self._token_lock = asyncio.Lock()
+        self.codec: UpstreamCodec = EviCodec()
+        self.attempts = 0
+
+    async def connect(self, session: SessionStart) -> UpstreamConnection:
+        """Open a chat; raises :class:`UpstreamConnectError` on refusal or timeout."""
+        self.attempts += 1
+        s = self._settings
+        api_key = s.hume_api_key.get_secret_value() if s.hume_api_key else None
+        access_token = await self._access_token() if s.hume_secret_key and api_key else None
+        url, headers = connect_request(
+            s.evi_url,
+            config_id=s.hume_config_id,
+            api_key=None if access_token else api_key,
+            access_token=access_token,
+        )
+        try:
+            ws = await connect(
+                url,
+                additional_headers=headers,
+                max_size=s.evi_max_message_bytes,
+                open_timeout=s.evi_connect_timeout_s,
+                close_timeout=2,
+                compression=None,
+            )
+        except websockets.InvalidStatus as exc:
+            raise UpstreamConnectError(
+                f"EVI refused the session: HTTP {exc.response.status_code} from {redact_url(url)}"
+            ) from None
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            raise UpstreamConnectError(f"cannot reach EVI at {redact_url(url)}: {type(exc).__name__}: {exc}") from None
+        log.info("E> session opened at %s", redact_url(url))
+        return UpstreamConnection(ws)
+
+    async def _access_token(self) -> str:
+        """evi-protocol.md §1.3: client-credentials token, cached until shortly before it expires."""
+        async with self._token_lock:
+            now = time.monotonic()
+            if self._token is not None and now < self._token[1]:
+                return self._token[0]
+            s = self._settings
+            assert s.hume_api_key is not None and s.hume_secret_key is not None
+            parts = urlsplit(s.evi_url)
+            scheme = "https" if parts.scheme == "wss" else "http"
+            token_url = urlunsplit((scheme, parts.netloc, "/oauth2-cc/token", "", ""))
+            auth = aiohttp.BasicAuth(s.hume_api_key.get_secret_value(), s.hume_secret_key.get_secret_value())
+            http = self._http or aiohttp.ClientSession()
+            try:
+                async with http.post(token_url, data={"grant_type": "client_credentials"}, auth=auth) as resp:
+                    if resp.status != 200:
+                        raise UpstreamConnectError(f"EVI access token request failed: HTTP {resp.status}")
+                    body = await resp.json()
+            except aiohttp.ClientError as exc:
+                raise UpstreamConnectError(f"EVI access token request failed: {type(exc).__name__}") from None
+            finally:
+                if self._http is None:
+                    await http.close()
+            token = str(body["access_token"])
+            expires_in_s = float(body.get("expires_in", 1800))
+            self._token = (token, now + max(0.0, expires_in_s - TOKEN_REFRESH_MARGIN_S))
+            return token

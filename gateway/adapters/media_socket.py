@@ -1,0 +1,212 @@
+"""Runs one call: the Twilio socket, the upstream socket and the ticker under one TaskGroup.
+
+The adapter decides nothing. It stamps each input with ``loop.time()``, hands it to the core, and executes
+the returned actions in order. Outgoing frames go through one queue per socket, filled synchronously right
+after the core returns, so frames leave in exactly the order the core produced them (a ``clear`` can never
+be overtaken by media computed before it) and no reader ever waits on a writer (twilio-media-streams.md P11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from gateway.adapters.ticker import ticks
+from gateway.codecs.framing import FRAME_MS
+from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
+from gateway.core.call import Call
+from gateway.core.states import CallState
+from gateway.wire.upstream import SessionStart
+
+log = logging.getLogger("gateway.call")
+
+UPSTREAM_QUEUE_FRAMES = 500  # 10 s of 20 ms audio: beyond this the upstream is not keeping up
+CLOSE_GRACE_S = 2.0
+
+
+class Upstream(Protocol):
+    """An open upstream socket (see gateway.adapters.evi_client.UpstreamConnection)."""
+
+    async def send(self, text: str) -> None: ...
+
+    def messages(self) -> Any: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str: ...
+
+
+ConnectUpstream = Callable[[SessionStart], Awaitable[Upstream]]
+_CLOSE = object()
+
+
+class CallRunner:
+    """Drives one :class:`Call` over real sockets."""
+
+    def __init__(self, call: Call, ws: web.WebSocketResponse, connect_upstream: ConnectUpstream) -> None:
+        self.call = call
+        self._ws = ws
+        self._connect_upstream = connect_upstream
+        self._loop = asyncio.get_running_loop()
+        self._twilio_out: asyncio.Queue[object] = asyncio.Queue()
+        self._upstream_out: asyncio.Queue[object] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
+        self._upstream: Upstream | None = None
+        self._upstream_task: asyncio.Task[None] | None = None
+        self._upstream_close_requested = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._closed = asyncio.Event()
+        self.upstream_frames_dropped = 0
+
+    def now(self) -> float:
+        """The loop's monotonic clock, in seconds."""
+        return self._loop.time()
+
+    async def run(self) -> None:
+        """Run until the call is closed and both sockets are shut."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            reader = tg.create_task(self._read_twilio(), name="twilio-reader")
+            writer = tg.create_task(self._write_twilio(), name="twilio-writer")
+            ticker = tg.create_task(self._tick(), name="ticker")
+            await self._closed.wait()
+            # Let the writers deliver what the core queued (final media, close frames), then stop all.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE_S)
+            for task in (reader, writer, ticker):
+                task.cancel()
+            if self._upstream_task is not None and not self._upstream_task.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._upstream_task), CLOSE_GRACE_S)
+                self._upstream_task.cancel()
+        if not self._ws.closed:
+            await self._ws.close()
+
+    # -------------------------------------------------------------- executing the core's decisions
+
+    def execute(self, actions: list[Action]) -> None:
+        """Queue the core's actions, in order, without awaiting anything."""
+        for action in actions:
+            match action:
+                case SendTwilio():
+                    self._twilio_out.put_nowait(action.text)
+                case SendUpstream():
+                    self._send_upstream(action.text)
+                case OpenUpstream():
+                    assert self._tg is not None
+                    self._upstream_task = self._tg.create_task(self._run_upstream(action.session), name="upstream")
+                case CloseUpstream():
+                    self._close_upstream()
+                case CloseTwilio():
+                    self._twilio_out.put_nowait(action)
+        if self.call.state is CallState.CLOSED:
+            self._closed.set()
+
+    def _send_upstream(self, text: str) -> None:
+        try:
+            self._upstream_out.put_nowait(text)
+        except asyncio.QueueFull:
+            self.upstream_frames_dropped += 1
+            if self.upstream_frames_dropped == 1:
+                log.warning("E> upstream is not keeping up: dropping caller audio")
+
+    def _close_upstream(self) -> None:
+        self._upstream_close_requested = True
+        if self._upstream is None:
+            if self._upstream_task is not None:
+                self._upstream_task.cancel()
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self._upstream_out.put_nowait(_CLOSE)
+        if self._upstream_out.full():
+            # Closing matters more than queued audio.
+            while not self._upstream_out.empty():
+                self._upstream_out.get_nowait()
+            self._upstream_out.put_nowait(_CLOSE)
+
+    # ------------------------------------------------------------------ the Twilio socket
+
+    async def _read_twilio(self) -> None:
+        ws = self._ws
+        while True:
+            msg = await ws.receive()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                self.execute(self.call.receive_twilio(msg.data, self.now()))
+                continue
+            if msg.type is WSMsgType.ERROR:
+                log.warning("T< socket error: %s", ws.exception())
+            break
+        self.execute(self.call.twilio_closed(self.now()))
+
+    async def _write_twilio(self) -> None:
+        ws = self._ws
+        while True:
+            item = await self._twilio_out.get()
+            if isinstance(item, CloseTwilio):
+                await ws.close(code=item.code, message=item.reason.encode()[:120])
+                return
+            assert isinstance(item, str)
+            if ws.closed:
+                continue
+            try:
+                await ws.send_str(item)
+            except ConnectionError:
+                log.info("T> socket gone while sending")
+
+    async def _tick(self) -> None:
+        async for now in ticks(FRAME_MS / 1000):
+            if self.call.state is CallState.CLOSED:
+                return
+            self.execute(self.call.tick(now))
+
+    # ------------------------------------------------------------------ the upstream socket
+
+    async def _run_upstream(self, session: SessionStart) -> None:
+        try:
+            upstream = await self._connect_upstream(session)
+        except ConnectionError as exc:
+            log.warning("E> %s", exc)
+            self.execute(self.call.upstream_closed(self.now(), None, str(exc)))
+            return
+        self._upstream = upstream
+        assert self._tg is not None
+        writer = self._tg.create_task(self._write_upstream(upstream), name="upstream-writer")
+        try:
+            if self._upstream_close_requested:
+                self._upstream_out.put_nowait(_CLOSE)
+            self.execute(self.call.upstream_opened(self.now()))
+            async for message in upstream.messages():
+                self.execute(self.call.receive_upstream(message, self.now()))
+        except ConnectionError as exc:
+            log.info("E< connection lost: %s", exc)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(Exception):
+                await upstream.close()
+        self.execute(self.call.upstream_closed(self.now(), upstream.close_code, upstream.close_reason))
+
+    async def _write_upstream(self, upstream: Upstream) -> None:
+        while True:
+            item = await self._upstream_out.get()
+            if item is _CLOSE:
+                await upstream.close(1000, "call ended")
+                return
+            assert isinstance(item, str)
+            try:
+                await upstream.send(item)
+            except ConnectionError:
+                return
+
+
+def end_of_call_line(call: Call, now: float) -> str:
+    """The one structured log line written when a call ends."""
+    return json.dumps({"event": "call_ended", **call.statistics(now).as_dict()}, default=str, separators=(",", ":"))

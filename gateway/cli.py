@@ -1,0 +1,91 @@
+"""The ``gateway`` command (also ``python -m gateway``). Each subcommand is a few lines calling elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.adapters.app import make_app
+    from gateway.settings import load_settings
+
+    settings = load_settings(args.config, host=args.host, port=args.port)
+    if settings.twilio_auth_token is None and not args.insecure:
+        print(
+            "gateway serve: TWILIO_AUTH_TOKEN is not set, so anyone could open calls on this server.\n"
+            "Set it (Twilio console → Account → Auth Token), or pass --insecure for local testing.",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.twilio_auth_token is not None and settings.public_url is None:
+        logging.getLogger("gateway").warning(
+            "GATEWAY_PUBLIC_URL is not set: signatures are checked against the URL this server sees, "
+            "which differs from Twilio's behind a proxy or tunnel"
+        )
+    if args.print_config:
+        for key, value in settings.redacted().items():
+            print(f"{key} = {value!r}")
+        return 0
+    web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from gateway.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def _simulate_evi(args: argparse.Namespace) -> int:
+    from gateway.simulator.evi import serve_simulator
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_simulator(args.host, args.port, args.api_key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls ⇄ Hume EVI gateway")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (Twilio webhook + Media Stream WebSocket)")
+    serve.add_argument("--host", help="listen address (overrides GATEWAY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (overrides GATEWAY_PORT)")
+    serve.add_argument("--config", help="TOML settings file (see config/gateway.example.toml)")
+    serve.add_argument("--insecure", action="store_true", help="allow running without TWILIO_AUTH_TOKEN")
+    serve.add_argument("--print-config", action="store_true", help="print effective settings (secrets hidden)")
+    serve.set_defaults(func=_serve)
+
+    sim = sub.add_parser("simulate-evi", help="serve the EVI-compatible simulator at ws://HOST:PORT/v0/evi/chat")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--api-key", default="test-key", help="key clients must send (X-Hume-Api-Key or api_key)")
+    sim.set_defaults(func=_simulate_evi)
+
+    bench = sub.add_parser("bench", help="measure the audio path: µs per 20 ms frame and held-back ms")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    return result

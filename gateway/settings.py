@@ -1,0 +1,142 @@
+"""Settings: defaults < a TOML file < environment variables. Secrets come only from the environment.
+
+The environment names in DESIGN.md "Interfaces" are fixed: ``HUME_API_KEY``, ``HUME_SECRET_KEY``,
+``HUME_CONFIG_ID``, ``GATEWAY_EVI_URL``, ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``,
+``GATEWAY_PUBLIC_URL``, ``GATEWAY_HOST``, ``GATEWAY_PORT``; every other setting is ``GATEWAY_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.core.call import CallParams
+from gateway.core.inbound import InboundParams
+from gateway.core.playout import PlayoutParams
+from gateway.errors import ConfigError
+
+SECRET_FIELDS = ("hume_api_key", "hume_secret_key", "twilio_auth_token")
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway, with its default and unit."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid", frozen=True, populate_by_name=True)
+
+    # Network and public identity.
+    host: str = Field("127.0.0.1", description="interface `gateway serve` listens on")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port `gateway serve` listens on (0 = any free port)")
+    public_url: str | None = Field(
+        None, description="public base URL Twilio reaches, e.g. https://voice.example.com (http→ws, https→wss)"
+    )
+    # Upstream (EVI).
+    evi_url: str = Field("wss://api.hume.ai/v0/evi/chat", description="EVI chat WebSocket URL")
+    hume_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("HUME_API_KEY", "hume_api_key"), description="EVI API key (env only)"
+    )
+    hume_secret_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("HUME_SECRET_KEY", "hume_secret_key"),
+        description="with the API key: use short-lived access tokens instead of sending the key (env only)",
+    )
+    hume_config_id: str | None = Field(
+        None, validation_alias=AliasChoices("HUME_CONFIG_ID", "hume_config_id"), description="EVI config id"
+    )
+    evi_max_message_bytes: int = Field(16 * 2**20, description="largest EVI message accepted (EVI allows 16 MiB)")
+    evi_connect_timeout_s: float = Field(10.0, gt=0, description="time allowed to open the EVI session")
+    max_concurrent_calls: int = Field(
+        5, ge=1, description="calls bridged at once (EVI's default account allows 5 chats); more get 503"
+    )
+    # Twilio.
+    twilio_account_sid: str | None = Field(
+        None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID", "twilio_account_sid")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
+        description="enables X-Twilio-Signature checks on the webhook and the stream (env only)",
+    )
+    twilio_max_message_bytes: int = Field(64 * 1024, description="largest Media Stream frame accepted")
+    stream_token_ttl_s: float = Field(30.0, gt=0, description="life of the single-use stream token in the TwiML")
+    # Audio and call limits.
+    evi_input_rate_hz: int = Field(8000, description="rate of linear16 sent to EVI (8000 = no resampling)")
+    playout_lead_ms: int = Field(160, ge=20, description="audio kept queued at Twilio ahead of real time")
+    playout_max_message_ms: int = Field(100, ge=20, description="largest media message sent to Twilio")
+    preroll_ms: int = Field(2000, ge=0, description="caller audio held while EVI connects (oldest dropped)")
+    start_timeout_s: float = Field(10.0, gt=0, description="time allowed for Twilio's start message")
+    max_call_duration_s: float = Field(1800.0, gt=0, description="calls are ended after this (EVI caps at 30 min)")
+    drain_timeout_s: float = Field(10.0, gt=0, description="time allowed for queued audio to play before closing")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def call_params(self) -> CallParams:
+        """The slice of settings one call needs."""
+        return CallParams(
+            input_rate_hz=self.evi_input_rate_hz,
+            preroll_ms=self.preroll_ms,
+            start_timeout_s=self.start_timeout_s,
+            upstream_connect_timeout_s=self.evi_connect_timeout_s,
+            max_duration_s=self.max_call_duration_s,
+            drain_timeout_s=self.drain_timeout_s,
+            playout=PlayoutParams(lead_ms=self.playout_lead_ms, max_message_ms=self.playout_max_message_ms),
+            inbound=InboundParams(),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Effective settings for printing: secrets shown as set/unset only."""
+        data = self.model_dump()
+        for name in SECRET_FIELDS:
+            data[name] = "***" if data[name] else None
+        return data
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build settings from defaults, an optional TOML file, the environment and explicit overrides."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if "gateway" in file_values and isinstance(file_values["gateway"], dict):
+            file_values = file_values["gateway"]
+        leaked = [name for name in SECRET_FIELDS if name in file_values]
+        if leaked:
+            raise ConfigError(f"{path}: secrets ({', '.join(leaked)}) belong in the environment, not in files")
+    env_values = _values_from_env(os.environ if environ is None else environ)
+    merged = {**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def env_names(field_name: str) -> list[str]:
+    """The environment variables that set ``field_name`` (the fixed DESIGN.md names first)."""
+    alias = Settings.model_fields[field_name].validation_alias
+    names = [c for c in alias.choices if isinstance(c, str) and c.isupper()] if isinstance(alias, AliasChoices) else []
+    return names or [f"GATEWAY_{field_name.upper()}"]
+
+
+def _values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        for key in env_names(name):
+            if key in environ and environ[key] != "":
+                values[name] = environ[key]
+                break
+    return values
