@@ -1,0 +1,422 @@
+"""The outbound playout buffer: what upstream audio goes to Twilio, when, and what the caller has heard.
+
+This is the gateway's real jitter buffer (aesthetics.md §4.3). Upstream audio, already 8 kHz μ-law,
+arrives faster than real time; the buffer keeps it as a FIFO of ``frame_ms`` frames tagged
+``(response id, generation)``, releases it so that Twilio holds only a small lead over real time
+(twilio-media-streams.md P1), coalesces frames into media messages each followed by a uniquely named mark
+(§2.2, P14), maps mark echoes back to audio actually played (P4c, P6), and does barge-in bookkeeping
+(P3, P5). Like aiortc's jitter buffer (aesthetics.md §2.3) it touches no socket and reads no clock:
+the time is an argument and methods return decisions for the core to send.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS, Framer
+from gateway.errors import ConfigError
+from gateway.ids import MarkName, ResponseId
+
+# Float slack for comparing times built from sums of frame durations (1 µs, far below one sample).
+_EPSILON_S = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutParams:
+    """Pacing and framing of the audio sent to Twilio."""
+
+    lead_ms: int = 160
+    """Audio kept queued at Twilio ahead of what the caller hears (P1: ~100–200 ms)."""
+    max_message_ms: int = 100
+    """Largest media message; frames released together are coalesced up to this."""
+    frame_ms: int = 20
+    """Frame size the FIFO is cut into; also the pacing granularity."""
+    mark_prefix: str = ""
+    """Prepended to every mark name, e.g. to tell two buffers' marks apart."""
+
+    def __post_init__(self) -> None:
+        if self.frame_ms <= 0:
+            raise ConfigError(f"playout frame_ms must be > 0, got {self.frame_ms}")
+        if self.max_message_ms < self.frame_ms:
+            raise ConfigError(
+                f"playout max_message_ms ({self.max_message_ms}) must be >= frame_ms ({self.frame_ms})"
+            )
+        if self.lead_ms < 0:
+            raise ConfigError(f"playout lead_ms must be >= 0, got {self.lead_ms}")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SendMedia:
+    """Send this μ-law audio to Twilio as one ``media`` message (§2.1)."""
+
+    ulaw: bytes
+    response_id: ResponseId
+    duration_ms: int
+    """Whole ms; ``len(ulaw)`` is the exact length in 8 kHz samples."""
+
+    def __repr__(self) -> str:
+        return f"SendMedia({len(self.ulaw)} bytes, response_id={self.response_id!r}, {self.duration_ms} ms)"
+
+
+@dataclass(frozen=True, slots=True)
+class SendMark:
+    """Send a ``mark`` with this name (§2.2); Twilio echoes it when playback reaches it."""
+
+    name: MarkName
+
+
+@dataclass(frozen=True, slots=True)
+class SendClear:
+    """Send ``clear`` (§2.3): Twilio drops everything buffered and echoes every pending mark."""
+
+
+PlayoutDecision = SendMedia | SendMark | SendClear
+
+
+@dataclass(frozen=True, slots=True)
+class MarkEcho:
+    """What one mark echo from Twilio means."""
+
+    status: Literal["played", "stale", "unknown"]
+    """``stale``: sent before a ``clear``, so flushed rather than played (P6); ``unknown``: not ours."""
+    response_id: ResponseId | None
+    played_ms: int
+    """The response's played ms after this echo (unchanged by stale and unknown echoes)."""
+    response_done: bool
+    """The final mark of an ended response: the caller has heard all of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutStats:
+    """Counters of the playout buffer since it was made (ms are whole ms, rounded down)."""
+
+    frames_queued: int
+    queued_ms: int
+    sent_ms: int
+    messages_sent: int
+    marks_sent: int
+    marks_played: int
+    marks_stale: int
+    marks_unknown: int
+    dropped_ms_on_clear: int
+    late_audio_dropped_ms: int
+    underruns: int
+    """Episodes where the caller's buffer ran dry in the middle of a response."""
+    clears: int
+    """``clear`` decisions returned (a ``clear()`` with nothing to flush returns none)."""
+    generation: int
+
+
+class _State(enum.Enum):
+    OPEN = "open"  # audio may still come
+    ENDED = "ended"  # end_response called; the final mark is queued or sent
+    DONE = "done"  # the final mark was echoed before any clear: heard in full
+    CUT = "cut"  # interrupted by clear(); late audio is dropped
+
+
+@dataclass(slots=True, eq=False)
+class _Response:
+    response_id: ResponseId
+    framer: Framer
+    state: _State = _State.OPEN
+    sent_bytes: int = 0
+    played_bytes: int = 0
+    end_queued: bool = False
+    final_mark: MarkName | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    response_id: ResponseId
+    generation: int
+    ulaw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _EndOfResponse:
+    response_id: ResponseId
+
+
+@dataclass(frozen=True, slots=True)
+class _MarkRecord:
+    response_id: ResponseId
+    generation: int
+    offset_bytes: int
+    """The response's sent bytes when the mark was sent: its played position once echoed."""
+
+
+class PlayoutBuffer:
+    """FIFO of μ-law frames for one call, paced against a model of the caller's playback clock.
+
+    The model: Twilio plays each message from ``max(play_end_s, now_s)`` for its duration, so
+    ``play_end_s - now_s`` is the audio sent but not yet heard. ``poll`` releases frames only while that
+    lead is below ``lead_ms``; at a response's start it therefore sends a burst of about ``lead_ms``,
+    then about one frame per ``frame_ms`` tick.
+    """
+
+    def __init__(self, params: PlayoutParams = PlayoutParams()) -> None:
+        self._params = params
+        self._frame_bytes = params.frame_ms * ULAW_BYTES_PER_MS
+        self._max_message_bytes = params.max_message_ms * ULAW_BYTES_PER_MS
+        self._lead_s = params.lead_ms / 1000
+        self._generation = 0
+        self._queue: deque[_Frame | _EndOfResponse] = deque()
+        self._frames_queued = 0
+        self._queued_bytes = 0  # in whole frames on the queue
+        self._partial_bytes = 0  # in the responses' framers, waiting for a frame to fill up
+        self._responses: dict[ResponseId, _Response] = {}
+        self._unfinished: dict[ResponseId, _Response] = {}  # OPEN or ENDED
+        self._marks: dict[MarkName, _MarkRecord] = {}
+        self._unacked_marks = 0  # of the current generation
+        self._mark_seq = 0
+        self._play_end_s = float("-inf")
+        self._in_underrun = False
+        self._sent_bytes = 0
+        self._messages_sent = 0
+        self._marks_played = 0
+        self._marks_stale = 0
+        self._marks_unknown = 0
+        self._dropped_bytes_on_clear = 0
+        self._late_bytes_dropped = 0
+        self._underruns = 0
+        self._clears = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    def push(self, response_id: ResponseId, ulaw: bytes) -> None:
+        """Queue μ-law audio of a response, cut into ``frame_ms`` frames of the current generation.
+
+        A partial trailing frame waits for more audio of the same response or for ``end_response``.
+        Audio of a response cut off by ``clear`` is dropped and counted (P5). Audio for a response that
+        was already ended re-opens it (upstream ids may interleave, evi-protocol.md §3): nothing is lost,
+        and its final mark moves to after the new audio.
+        """
+        response = self._responses.get(response_id)
+        if response is None:
+            response = self._open(response_id)
+        elif response.state is _State.CUT:
+            self._late_bytes_dropped += len(ulaw)
+            return
+        elif response.state is not _State.OPEN:
+            self._reopen(response)
+        if not ulaw:
+            return
+        held_before = response.framer.pending_bytes
+        frames = response.framer.push(ulaw)
+        for frame in frames:
+            self._enqueue(_Frame(response_id, self._generation, frame))
+        self._partial_bytes += response.framer.pending_bytes - held_before
+
+    def end_response(self, response_id: ResponseId) -> None:
+        """No more audio will come for this response; a final mark follows its last frame.
+
+        The partial trailing frame is sent as a short frame (no padding). Idempotent; a no-op for a
+        response cut off by ``clear``. A response that never had audio still gets its final mark.
+        """
+        response = self._responses.get(response_id)
+        if response is None:
+            response = self._open(response_id)
+        if response.state is not _State.OPEN:
+            return
+        tail = response.framer.flush()
+        if tail:
+            self._partial_bytes -= len(tail)
+            self._enqueue(_Frame(response_id, self._generation, tail))
+        response.state = _State.ENDED
+        response.end_queued = True
+        self._queue.append(_EndOfResponse(response_id))
+
+    def poll(self, now_s: float) -> list[SendMedia | SendMark]:
+        """Release what is due at ``now_s``: media messages, each followed by its mark, and final marks."""
+        if self._play_end_s < now_s - _EPSILON_S and not self._in_underrun and self._mid_response():
+            # P1: the caller's buffer ran dry while a response was still being delivered.
+            self._underruns += 1
+            self._in_underrun = True
+        out: list[SendMedia | SendMark] = []
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _EndOfResponse):
+                self._queue.popleft()
+                out.append(self._final_mark(self._responses[head.response_id]))
+            elif self._may_release(now_s):
+                out.extend(self._release_message(now_s))
+            else:
+                break
+        return out
+
+    def clear(self, now_s: float) -> list[SendClear]:
+        """Barge-in (P3): flush Twilio if it may still be playing or we hold audio; start a new generation.
+
+        Every queued frame is dropped and counted, every unfinished response is cut off (its late audio
+        will be dropped, P5), and marks outstanding now become stale (P6).
+        """
+        playing = self._play_end_s > now_s + _EPSILON_S or self._unacked_marks > 0
+        holding = self._queued_bytes + self._partial_bytes > 0
+        decisions = [SendClear()] if playing or holding else []
+        self._clears += len(decisions)
+        self._generation += 1
+        self._dropped_bytes_on_clear += self._queued_bytes + self._partial_bytes
+        self._queue.clear()
+        self._frames_queued = 0
+        self._queued_bytes = 0
+        self._partial_bytes = 0
+        for response in self._unfinished.values():
+            response.state = _State.CUT
+            response.end_queued = False
+            response.framer.reset()
+        self._unfinished.clear()
+        self._unacked_marks = 0
+        self._play_end_s = now_s
+        self._in_underrun = False
+        return decisions
+
+    def mark_echoed(self, name: str, now_s: float) -> MarkEcho:
+        """Account for Twilio's echo of mark ``name`` (§1.5). Unknown and repeated names are tolerated.
+
+        ``now_s`` is accepted for symmetry with the other inputs; the echo itself carries the position.
+        """
+        record = self._marks.pop(MarkName(name), None)
+        if record is None:
+            self._marks_unknown += 1
+            return MarkEcho("unknown", None, 0, False)
+        response = self._responses[record.response_id]
+        played_ms = response.played_bytes // ULAW_BYTES_PER_MS
+        if record.generation != self._generation:
+            # P6: echoes caused by clear were flushed, not played; they advance nothing.
+            self._marks_stale += 1
+            return MarkEcho("stale", record.response_id, played_ms, False)
+        self._unacked_marks -= 1
+        self._marks_played += 1
+        response.played_bytes = max(response.played_bytes, record.offset_bytes)
+        done = response.final_mark == name and response.state is _State.ENDED
+        if done:
+            response.state = _State.DONE
+            self._unfinished.pop(response.response_id, None)
+        return MarkEcho("played", record.response_id, response.played_bytes // ULAW_BYTES_PER_MS, done)
+
+    # ------------------------------------------------------------------ queries
+
+    def played_ms(self, response_id: ResponseId) -> int:
+        """Audio of the response heard by the caller, per marks echoed before a clear (P4c); 0 if unknown."""
+        response = self._responses.get(response_id)
+        return 0 if response is None else response.played_bytes // ULAW_BYTES_PER_MS
+
+    def sent_ms(self, response_id: ResponseId) -> int:
+        """Audio of the response sent to Twilio so far; 0 if unknown."""
+        response = self._responses.get(response_id)
+        return 0 if response is None else response.sent_bytes // ULAW_BYTES_PER_MS
+
+    @property
+    def params(self) -> PlayoutParams:
+        """The parameters this buffer was built with."""
+        return self._params
+
+    @property
+    def generation(self) -> int:
+        """Number of ``clear`` calls so far; frames and marks are tagged with it."""
+        return self._generation
+
+    @property
+    def queued_ms(self) -> int:
+        """Audio held and not yet sent, partial frames included."""
+        return (self._queued_bytes + self._partial_bytes) // ULAW_BYTES_PER_MS
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, no partial frame held, and no mark of the current generation unacknowledged."""
+        return not self._queue and self._partial_bytes == 0 and self._unacked_marks == 0
+
+    def statistics(self) -> PlayoutStats:
+        """A snapshot of the counters."""
+        return PlayoutStats(
+            frames_queued=self._frames_queued,
+            queued_ms=self.queued_ms,
+            sent_ms=self._sent_bytes // ULAW_BYTES_PER_MS,
+            messages_sent=self._messages_sent,
+            marks_sent=self._mark_seq,
+            marks_played=self._marks_played,
+            marks_stale=self._marks_stale,
+            marks_unknown=self._marks_unknown,
+            dropped_ms_on_clear=self._dropped_bytes_on_clear // ULAW_BYTES_PER_MS,
+            late_audio_dropped_ms=self._late_bytes_dropped // ULAW_BYTES_PER_MS,
+            underruns=self._underruns,
+            clears=self._clears,
+            generation=self._generation,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _open(self, response_id: ResponseId) -> _Response:
+        response = _Response(response_id, Framer(self._frame_bytes))
+        self._responses[response_id] = response
+        self._unfinished[response_id] = response
+        return response
+
+    def _reopen(self, response: _Response) -> None:
+        if response.end_queued:
+            self._queue.remove(_EndOfResponse(response.response_id))
+            response.end_queued = False
+        response.state = _State.OPEN
+        response.final_mark = None
+        self._unfinished[response.response_id] = response
+
+    def _enqueue(self, frame: _Frame) -> None:
+        self._queue.append(frame)
+        self._frames_queued += 1
+        self._queued_bytes += len(frame.ulaw)
+
+    def _mid_response(self) -> bool:
+        return any(
+            r.sent_bytes > 0 and (r.state is _State.OPEN or r.end_queued) for r in self._unfinished.values()
+        )
+
+    def _may_release(self, now_s: float) -> bool:
+        ahead_s = self._play_end_s - now_s
+        return ahead_s <= _EPSILON_S or ahead_s < self._lead_s - _EPSILON_S
+
+    def _release_message(self, now_s: float) -> list[SendMedia | SendMark]:
+        """Coalesce frames of one response from the head of the queue while the lead allows."""
+        first = self._queue[0]
+        assert isinstance(first, _Frame)
+        response = self._responses[first.response_id]
+        parts: list[bytes] = []
+        size = 0
+        while self._queue:
+            frame = self._queue[0]
+            if not isinstance(frame, _Frame) or frame.response_id != response.response_id:
+                break
+            if parts and (size + len(frame.ulaw) > self._max_message_bytes or not self._may_release(now_s)):
+                break
+            self._queue.popleft()
+            self._frames_queued -= 1
+            self._queued_bytes -= len(frame.ulaw)
+            parts.append(frame.ulaw)
+            size += len(frame.ulaw)
+            self._play_end_s = max(self._play_end_s, now_s) + len(frame.ulaw) / TWILIO_RATE_HZ
+        ulaw = b"".join(parts)
+        response.sent_bytes += size
+        self._sent_bytes += size
+        self._messages_sent += 1
+        self._in_underrun = False
+        media = SendMedia(ulaw, response.response_id, size // ULAW_BYTES_PER_MS)
+        head = self._queue[0] if self._queue else None
+        if isinstance(head, _EndOfResponse) and head.response_id == response.response_id:
+            self._queue.popleft()
+            return [media, self._final_mark(response)]
+        return [media, self._mark(response)]
+
+    def _mark(self, response: _Response) -> SendMark:
+        name = MarkName(f"{self._params.mark_prefix}{self._generation}.{self._mark_seq}")
+        self._mark_seq += 1
+        self._marks[name] = _MarkRecord(response.response_id, self._generation, response.sent_bytes)
+        self._unacked_marks += 1
+        return SendMark(name)
+
+    def _final_mark(self, response: _Response) -> SendMark:
+        mark = self._mark(response)
+        response.end_queued = False
+        response.final_mark = mark.name
+        return mark
