@@ -1,0 +1,293 @@
+"""Recordings of a simulated call: the audio the caller says, and the record of what it heard.
+
+Owns loading what a simulated caller says (WAV with 16-bit PCM at any rate, mono or multi-channel; WAV
+with μ-law samples, format tag 7; raw ``.ulaw``/``.mulaw`` files) as 8 kHz μ-law, resampled once,
+one-shot, with soxr HQ so a recording's start carries no filter delay; anything else is an
+:class:`AudioFormatError` naming the file and what was wrong with it. Also owns :class:`CallRecord`, what
+the caller emulator said, heard and saw during one call, measured on the media clock, and writing heard
+audio back to WAV.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import soxr
+
+from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS
+from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
+from gateway.codecs.resample import float_to_pcm16, pcm16_to_float
+from gateway.errors import AudioFormatError
+
+__all__ = [
+    "RAW_ULAW_SUFFIXES",
+    "CallRecord",
+    "MarkEcho",
+    "PlayoutGap",
+    "Received",
+    "load_recording",
+    "pcm16_to_mono",
+    "ulaw_to_wav_bytes",
+    "wav_to_ulaw",
+    "write_ulaw_wav",
+    "write_wav",
+]
+
+RAW_ULAW_SUFFIXES = (".ulaw", ".mulaw", ".ul")
+_WAV_SUFFIXES = (".wav", ".wave")
+_WAVE_FORMAT_PCM = 0x0001
+_WAVE_FORMAT_MULAW = 0x0007
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_MAX_CHANNELS = 8
+_MIN_RATE_HZ = 1000
+_MAX_RATE_HZ = 384_000
+
+StereoMode = Literal["mix", "first"]
+
+
+def load_recording(path: str | Path, *, stereo: StereoMode = "mix") -> bytes:
+    """Read ``path`` and return its audio as 8 kHz mono μ-law (one byte per sample).
+
+    WAV files are recognised by their RIFF header, raw μ-law by the suffix (``.ulaw``, ``.mulaw``,
+    ``.ul``). Multi-channel audio is averaged (``"mix"``) or reduced to its first channel (``"first"``).
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise AudioFormatError(f"{p}: cannot read recording ({exc.strerror or exc})") from None
+    suffix = p.suffix.lower()
+    if data[:4] == b"RIFF":
+        try:
+            return wav_to_ulaw(data, stereo=stereo)
+        except AudioFormatError as exc:
+            raise AudioFormatError(f"{p}: {exc}") from None
+    if suffix in RAW_ULAW_SUFFIXES:
+        if not data:
+            raise AudioFormatError(f"{p}: raw μ-law file is empty")
+        return data
+    if suffix in _WAV_SUFFIXES:
+        raise AudioFormatError(f"{p}: not a RIFF/WAVE file (starts with {data[:12]!r})")
+    raise AudioFormatError(
+        f"{p}: unsupported recording type {suffix or '(no suffix)'!r}; "
+        f"use a WAV file or raw 8 kHz μ-law ({', '.join(RAW_ULAW_SUFFIXES)})"
+    )
+
+
+def wav_to_ulaw(data: bytes, *, stereo: StereoMode = "mix") -> bytes:
+    """Convert a whole WAV file (16-bit PCM or μ-law, any rate and channel count) to 8 kHz mono μ-law."""
+    tag, channels, rate_hz, block_align, bits, samples = _read_riff(data)
+    if tag == _WAVE_FORMAT_MULAW:
+        if bits != 8 or block_align != channels:
+            raise AudioFormatError(f"μ-law WAV must have 8-bit samples, got {bits} bits")
+        if channels == 1 and rate_hz == TWILIO_RATE_HZ:
+            return samples
+        pcm16 = ulaw_to_pcm16(samples)
+    else:
+        if bits != 16:
+            raise AudioFormatError(f"WAV sample width is {bits} bits; only 16-bit PCM is supported")
+        if block_align != 2 * channels:
+            raise AudioFormatError(f"WAV block align {block_align} does not match {channels} x 16-bit")
+        pcm16 = samples
+    mono = pcm16_to_mono(pcm16, channels, stereo)
+    if rate_hz != TWILIO_RATE_HZ:
+        resampled = soxr.resample(pcm16_to_float(mono), rate_hz, TWILIO_RATE_HZ, quality="HQ")
+        mono = float_to_pcm16(np.asarray(resampled, dtype=np.float32))
+    return pcm16_to_ulaw(mono)
+
+
+def _read_riff(data: bytes) -> tuple[int, int, int, int, int, bytes]:
+    """Walk the RIFF chunks; return (format tag, channels, rate, block align, bits, sample bytes)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise AudioFormatError(f"not a RIFF/WAVE file (starts with {data[:12]!r})")
+    fmt: tuple[int, int, int, int, int] | None = None
+    samples: bytes | None = None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        body_start = pos + 8
+        if chunk_id == b"fmt ":
+            fmt = _parse_fmt(data[body_start : body_start + size])
+        elif chunk_id == b"data":
+            # Streamed WAVs write 0 or 0xFFFFFFFF as the data size: read to the end of the file.
+            overrun = size in (0, 0xFFFFFFFF) or body_start + size > len(data)
+            samples = data[body_start:] if overrun else data[body_start : body_start + size]
+            if fmt is not None:
+                break
+        pos = body_start + size + (size & 1)
+    if fmt is None:
+        raise AudioFormatError("WAV has no 'fmt ' chunk")
+    if samples is None:
+        raise AudioFormatError("WAV has no 'data' chunk")
+    tag, channels, rate_hz, block_align, bits = fmt
+    if block_align <= 0 or len(samples) % block_align:
+        raise AudioFormatError(f"WAV data is {len(samples)} bytes, not a whole number of {block_align}-byte frames")
+    if not samples:
+        raise AudioFormatError("WAV 'data' chunk is empty")
+    return tag, channels, rate_hz, block_align, bits, samples
+
+
+def _parse_fmt(body: bytes) -> tuple[int, int, int, int, int]:
+    if len(body) < 16:
+        raise AudioFormatError(f"WAV 'fmt ' chunk is {len(body)} bytes, need at least 16")
+    tag, channels, rate_hz, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    if tag == _WAVE_FORMAT_EXTENSIBLE:
+        if len(body) < 40:
+            raise AudioFormatError("WAV extensible 'fmt ' chunk is too short for its sub-format")
+        (tag,) = struct.unpack_from("<H", body, 24)  # first two bytes of the sub-format GUID
+    if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_MULAW):
+        raise AudioFormatError(f"WAV format tag {tag:#06x}; only PCM (0x0001) and μ-law (0x0007) are supported")
+    if not 1 <= channels <= _MAX_CHANNELS:
+        raise AudioFormatError(f"WAV declares {channels} channels")
+    if not _MIN_RATE_HZ <= rate_hz <= _MAX_RATE_HZ:
+        raise AudioFormatError(f"WAV sample rate {rate_hz} Hz is outside {_MIN_RATE_HZ}-{_MAX_RATE_HZ} Hz")
+    return tag, channels, rate_hz, block_align, bits
+
+
+def pcm16_to_mono(pcm16: bytes, channels: int, stereo: StereoMode = "mix") -> bytes:
+    """Interleaved 16-bit PCM → mono, by averaging the channels or keeping the first."""
+    if channels == 1:
+        return pcm16
+    if len(pcm16) % (2 * channels):
+        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel frames")
+    frames = np.frombuffer(pcm16, dtype="<i2").reshape(-1, channels)
+    if stereo == "first":
+        return bytes(frames[:, 0].astype("<i2").tobytes())
+    mixed = frames.astype(np.int32).sum(axis=1) // channels
+    return bytes(mixed.astype("<i2").tobytes())
+
+
+def write_wav(path: str | Path, pcm16: bytes, rate_hz: int, channels: int = 1) -> None:
+    """Write 16-bit little-endian PCM to ``path`` as a WAV file."""
+    if len(pcm16) % (2 * channels):
+        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel frames")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(pcm16)
+
+
+def ulaw_to_wav_bytes(ulaw: bytes, *, keep_ulaw: bool = False) -> bytes:
+    """8 kHz μ-law → a WAV file in memory: 16-bit PCM (plays anywhere), or μ-law samples (tag 7, lossless)."""
+    if keep_ulaw:
+        fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_MULAW, 1, TWILIO_RATE_HZ, TWILIO_RATE_HZ, 1, 8, 0)
+        fact = b"fact" + struct.pack("<II", 4, len(ulaw))
+        body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + fact
+        body += b"data" + struct.pack("<I", len(ulaw)) + ulaw + (b"\x00" if len(ulaw) & 1 else b"")
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(TWILIO_RATE_HZ)
+        w.writeframes(ulaw_to_pcm16(ulaw))
+    return buf.getvalue()
+
+
+def write_ulaw_wav(path: str | Path, ulaw: bytes, *, keep_ulaw: bool = False) -> None:
+    """Save 8 kHz μ-law (e.g. ``CallRecord.heard_ulaw``) as a WAV file at ``path``."""
+    Path(path).write_bytes(ulaw_to_wav_bytes(ulaw, keep_ulaw=keep_ulaw))
+
+
+class Received(NamedTuple):
+    """A frame from the gateway: when (media clock), what, and its audio bytes or mark name."""
+
+    media_time_ms: float
+    kind: Literal["media", "mark", "clear", "invalid"]
+    detail: int | str
+
+
+class MarkEcho(NamedTuple):
+    """A mark echoed back; ``cleared`` means flushed by ``clear``, not played (§1.5, P6)."""
+
+    name: str
+    media_time_ms: float
+    cleared: bool
+
+
+class PlayoutGap(NamedTuple):
+    """Silence heard between two pieces of gateway audio, with no ``clear`` in between."""
+
+    start_ms: float
+    duration_ms: float
+
+
+@dataclass
+class CallRecord:
+    """Everything the caller did, said and heard; live during the call. Times are media-clock ms."""
+
+    frame_ms: int
+    underrun_gap_max_ms: float = 400.0
+    webhook_params: dict[str, str] = field(default_factory=dict)
+    webhook_status: int | None = None
+    twiml: str | None = None
+    twiml_before_connect: list[str] = field(default_factory=list)
+    twiml_after_connect: list[str] = field(default_factory=list)
+    stream_attributes: dict[str, str] = field(default_factory=dict)
+    stream_url: str | None = None
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    sent_events: list[str] = field(default_factory=list)
+    sent_ulaw: bytearray = field(default_factory=bytearray)
+    heard_ulaw: bytearray = field(default_factory=bytearray)
+    received: list[Received] = field(default_factory=list)
+    marks_echoed: list[MarkEcho] = field(default_factory=list)
+    clears: list[float] = field(default_factory=list)
+    protocol_violations: list[str] = field(default_factory=list)
+    playout_gaps: list[PlayoutGap] = field(default_factory=list)
+    heard_audio_samples: int = 0
+    cleared_audio_samples: int = 0
+    close_code: int | None = None
+    closed_by: Literal["caller", "gateway"] | None = None
+
+    @property
+    def media_time_ms(self) -> float:
+        """The media clock: ticks played so far × ``frame_ms``."""
+        return len(self.heard_ulaw) / ULAW_BYTES_PER_MS
+
+    @property
+    def heard_audio_ms(self) -> float:
+        """Gateway audio actually played to the caller (excludes padding silence and cleared audio)."""
+        return self.heard_audio_samples / ULAW_BYTES_PER_MS
+
+    @property
+    def cleared_audio_ms(self) -> float:
+        """Gateway audio dropped unplayed by ``clear``."""
+        return self.cleared_audio_samples / ULAW_BYTES_PER_MS
+
+    @property
+    def underrun_ms(self) -> float:
+        """Silence inside a stretch of speech: gaps shorter than ``underrun_gap_max_ms`` (P1)."""
+        return sum(g.duration_ms for g in self.playout_gaps if g.duration_ms < self.underrun_gap_max_ms)
+
+    def heard_between(self, start_ms: float, end_ms: float) -> bytes:
+        """The μ-law the caller heard from ``start_ms`` to ``end_ms`` on the media clock."""
+        return bytes(self.heard_ulaw[_sample_index(start_ms) : _sample_index(end_ms)])
+
+    def first_heard_ms_after(self, media_time_ms: float, *, threshold: int = 0) -> float | None:
+        """Media time of the first heard sample louder than ``threshold`` (linear16) at or after a time."""
+        start = _sample_index(media_time_ms)
+        loud = _loud_indices(bytes(self.heard_ulaw[start:]), threshold)
+        return None if loud.size == 0 else (start + int(loud[0])) / ULAW_BYTES_PER_MS
+
+    def last_heard_ms(self, *, threshold: int = 0) -> float | None:
+        """Media time just after the last heard sample louder than ``threshold``."""
+        loud = _loud_indices(bytes(self.heard_ulaw), threshold)
+        return None if loud.size == 0 else (int(loud[-1]) + 1) / ULAW_BYTES_PER_MS
+
+
+def _sample_index(media_time_ms: float) -> int:
+    return max(0, math.ceil(media_time_ms * ULAW_BYTES_PER_MS))
+
+
+def _loud_indices(ulaw: bytes, threshold: int) -> np.ndarray:
+    pcm = np.frombuffer(ulaw_to_pcm16(ulaw), dtype="<i2").astype(np.int32)
+    return np.flatnonzero(np.abs(pcm) > threshold)
