@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from gateway.bench import main as bench_main
 
-    return bench_main(args.rest)
+    return bench_main(args.rest)  # options after `bench` are the benchmark's own (parse_known_args)
 
 
 def _simulate_evi(args: argparse.Namespace) -> int:
@@ -73,15 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", default="test-key", help="key clients must send (X-Hume-Api-Key or api_key)")
     sim.set_defaults(func=_simulate_evi)
 
-    bench = sub.add_parser("bench", help="measure the audio path: µs per 20 ms frame and held-back ms")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")
+    bench = sub.add_parser(
+        "bench", help="measure the audio path: µs per 20 ms frame and held-back ms", add_help=False
+    )
     bench.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if rest and args.command != "bench":
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         result: int = args.func(args)

@@ -2,7 +2,7 @@
 
 - :class:`InboundTranscoder` — caller μ-law 8 kHz → linear16 at ``out_rate_hz``. At 8000 Hz it is a pure
   G.711 decode: no resampler, zero added delay (audio-path-baseline.md consequence 2). Other rates use the
-  low-delay path (integer factors: a 1 ms FIR; otherwise soxr LQ).
+  low-delay path (integer factors: a 1.5 ms FIR; otherwise soxr LQ).
 - :class:`OutboundTranscoder` — EVI linear16 at ``in_rate_hz`` → μ-law 8 kHz through one soxr HQ stream
   whose state is kept across chunks; :meth:`~OutboundTranscoder.flush` releases the held-back tail, so every
   sample pushed in comes out.

@@ -111,11 +111,15 @@ def _to_mono(pcm: bytes, channels: int, stereo: StereoMode) -> bytes:
     if stereo == "first":
         return frames[:, 0].tobytes()
     mixed = frames.astype(np.int32).sum(axis=1) // channels
-    return mixed.astype("<i2").tobytes()
+    return bytes(mixed.astype("<i2").tobytes())
 
 
 def write_wav(pcm16: bytes, rate_hz: int, channels: int = 1, extra_chunks: bytes = b"") -> bytes:
     """Build a complete WAV file around 16-bit PCM (``extra_chunks`` go between 'fmt ' and 'data')."""
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioFormatError(f"cannot write a WAV with {channels} channels (1-{MAX_CHANNELS})")
+    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+        raise AudioFormatError(f"cannot write a WAV at {rate_hz} Hz ({MIN_RATE_HZ}-{MAX_RATE_HZ} Hz)")
     if len(pcm16) % (2 * channels):
         raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel 16-bit frames")
     fmt = struct.pack("<HHIIHH", WAVE_FORMAT_PCM, channels, rate_hz, rate_hz * 2 * channels, 2 * channels, 16)
