@@ -8,6 +8,7 @@ and the WebSocket upgrade must carry a valid ``X-Twilio-Signature``; otherwise 4
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -100,7 +101,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     call_sid = str(params.get("CallSid", ""))
     if not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
-    parameters = {"token": state.tokens.mint(call_sid, request.loop.time())}
+    parameters = {"token": state.tokens.mint(call_sid, asyncio.get_running_loop().time())}
     for key, form_name in (("caller_number", "From"), ("called_number", "To")):
         if value := str(params.get(form_name, "")):
             parameters[key] = value[:64]
@@ -130,7 +131,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     # twilio-media-streams.md P13: no compression; frames bounded.
     ws = web.WebSocketResponse(compress=False, max_msg_size=settings.twilio_max_message_bytes)
     await ws.prepare(request)
-    now = request.loop.time()
+    now = asyncio.get_running_loop().time()
     call = Call(settings.call_params(), state.codec, state.tokens if auth_token is not None else None, now=now)
     runner = CallRunner(call, ws, state.connect_upstream)
     state.active_calls.add(runner)
@@ -139,7 +140,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         await runner.run()
     finally:
         state.active_calls.discard(runner)
-        log.info("%s", end_of_call_line(call, request.loop.time()))
+        log.info("%s", end_of_call_line(call, asyncio.get_running_loop().time()))
     return ws
 
 

@@ -18,6 +18,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from gateway.logs import redacting_logger
 from gateway.settings import Settings
 from gateway.wire.evi_codec import EviCodec
 from gateway.wire.evi_messages import connect_request, redact_url
@@ -99,6 +100,7 @@ class EviConnector:
                 open_timeout=s.evi_connect_timeout_s,
                 close_timeout=2,
                 compression=None,
+                logger=redacting_logger("gateway.evi.websockets"),
             )
         except websockets.InvalidStatus as exc:
             raise UpstreamConnectError(

@@ -52,6 +52,7 @@ from websockets.http11 import Request, Response
 
 from gateway.errors import AudioFormatError, GatewayError, UpstreamProtocolError
 from gateway.ids import ResponseId
+from gateway.logs import redacting_logger
 from gateway.simulator.wavgen import wav_bytes
 from gateway.wire import evi_messages as evi
 from gateway.wire.evi_messages import ClientMessage, UnknownMessage
@@ -595,6 +596,7 @@ class EviSimulator:
             self.port,
             process_request=self._process_request,
             max_size=MAX_MESSAGE_BYTES,
+            logger=redacting_logger("gateway.simulator.evi"),
         )
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
 
