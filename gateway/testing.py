@@ -41,6 +41,7 @@ class CallDriver:
         self._seq = 0
         self._chunk = 0
         self._media_ms = 0
+        self._echoed: set[str] = set()
 
     def _record(self, actions: list[Action]) -> list[Action]:
         self.actions.extend(actions)
@@ -91,6 +92,18 @@ class CallDriver:
         return self.twilio(
             tw.mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.stream_sid, name=name)
         )
+
+    def echo_marks(self) -> list[Action]:
+        """Echo every mark sent so far and not yet echoed, as Twilio does once playback reaches it."""
+        actions: list[Action] = []
+        while True:
+            names = [m.mark.name for m in self.to_twilio() if isinstance(m, tw.OutboundMark)]
+            fresh = [n for n in names if n not in self._echoed]
+            if not fresh:
+                return actions
+            for name in fresh:
+                self._echoed.add(name)
+                actions += self.mark(name)
 
     def dtmf(self, digit: str) -> list[Action]:
         """The caller presses a key."""

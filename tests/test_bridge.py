@@ -168,3 +168,53 @@ async def test_concurrent_calls_are_independent(gateway: RunningGateway, evi_sim
         assert heard[0] == 0 and heard[1] >= 380
         await a.hang_up()
         await b.hang_up()
+
+
+async def test_every_message_sent_to_evi_validates_against_the_official_sdk(
+    gateway: RunningGateway, evi_sim: EviSimulator
+) -> None:
+    """Each frame the gateway sent in a call (settings, audio, keypad text, tool reply) is a valid SDK PublishEvent
+    of the expected class, with no field the SDK does not know."""
+    from hume.core.pydantic_utilities import parse_obj_as
+    from hume.empathic_voice.chat.types import PublishEvent
+
+    from gateway.simulator.caller import SendDtmf
+    from gateway.wire import evi_messages as evi
+
+    async with TwilioCaller(caller_config(gateway)) as caller:
+        session = await connected(caller, evi_sim)
+        await session.wait_audio_ms(300)
+        caller.send(SendDtmf("1"))
+        await session.wait_message("user_input")
+        tool = evi.ToolCallMessage(
+            name="hang_up", parameters="{}", tool_call_id="t1", response_required=True, tool_type="function"
+        )
+        await session.send_message(tool)
+        await session.wait_message("tool_response")
+        assert await caller.wait_closed(5)
+    kinds = set()
+    for message in session.received:
+        assert not isinstance(message, evi.UnknownMessage)
+        assert message.model_extra == {}
+        wire = message.to_dict()
+        parsed = parse_obj_as(PublishEvent, wire)  # type: ignore[arg-type]
+        assert type(parsed).__name__ == type(message).__name__
+        assert (parsed.model_extra or {}) == {}
+        kinds.add(message.type)
+    assert kinds == {"session_settings", "audio_input", "user_input", "tool_response"}
+
+
+async def test_hang_up_tool_ends_the_call_after_the_goodbye(gateway: RunningGateway, evi_sim: EviSimulator) -> None:
+    """EVI's hang_up tool call after a goodbye: the caller hears the whole goodbye, then the line closes."""
+    from gateway.wire import evi_messages as evi
+
+    async with TwilioCaller(caller_config(gateway)) as caller:
+        session = await connected(caller, evi_sim)
+        await session.wait_said(await session.say(speechlike_pcm16(1000, 24000, seed=12), 24000))
+        tool = evi.ToolCallMessage(
+            name="hang_up", parameters="{}", tool_call_id="t2", response_required=False, tool_type="builtin"
+        )
+        await session.send_message(tool)
+        assert await caller.wait_closed(10)
+        assert abs(caller.record.heard_audio_ms - 1000) <= FRAME_MS
+        await asyncio.wait_for(session.closed.wait(), 2)

@@ -248,10 +248,8 @@ def test_upstream_close_lets_queued_audio_play_then_ends_the_call() -> None:
     actions = d.call.upstream_closed(d.now, 1000, "bye")
     assert not any(isinstance(a, CloseTwilio) for a in actions)
     assert d.call.state is CallState.ENDING
-    actions = d.advance(1000)
-    for message in d.to_twilio():
-        if isinstance(message, tw.OutboundMark):
-            actions += d.mark(message.mark.name)
+    d.advance(1000)
+    d.echo_marks()
     assert d.call.state is CallState.CLOSED
     assert len(d.heard_ulaw()) == pytest.approx(600 * 8, abs=160)
     assert any(isinstance(a, CloseTwilio) for a in d.actions)
@@ -316,3 +314,45 @@ def test_caller_hangup_closes_upstream_once() -> None:
     actions = d.call.twilio_closed(d.now)
     assert [type(a) for a in actions] == [CloseUpstream]
     assert d.call.twilio_closed(d.now) == [] and d.advance(100) == []
+
+
+def _hang_up_tool(builtin: bool = True) -> evi.ToolCallMessage:
+    return evi.ToolCallMessage(
+        name="hang_up",
+        parameters="{}",
+        tool_call_id="tc-1",
+        response_required=not builtin,
+        tool_type="builtin" if builtin else "function",
+    )
+
+
+def test_hang_up_tool_ends_the_call_after_the_goodbye_is_heard() -> None:
+    """A hang_up tool call lets the goodbye play out completely, then closes the stream (ending the call)."""
+    d = active_driver()
+    d.say("bye", tone_pcm(800, 24000), 24000)
+    d.upstream(_hang_up_tool())
+    assert d.call.state is CallState.ACTIVE  # the turn has not ended yet
+    actions = d.upstream(evi.AssistantEnd())
+    assert "close_upstream" in d.kinds(actions) and "close_twilio" not in d.kinds(actions)
+    for _ in range(10):
+        d.advance(200)
+        d.echo_marks()
+    assert d.call.state is CallState.CLOSED and d.call.end_reason is not None
+    assert d.call.end_reason.value == "hang_up"
+    assert len(d.heard_ulaw()) == pytest.approx(800 * 8, abs=160)
+
+
+def test_function_hang_up_tool_gets_a_tool_response() -> None:
+    """A hang_up declared as a function tool that wants a reply gets a tool_response."""
+    d = active_driver()
+    sent = d.to_upstream(d.upstream(_hang_up_tool(builtin=False)))
+    assert sent == [{"type": "tool_response", "tool_call_id": "tc-1", "content": "ok"}]
+    assert d.call.state is CallState.CLOSED  # nothing was playing: the call ends at once
+
+
+def test_resampler_tail_is_flushed_when_upstream_audio_pauses() -> None:
+    """Without assistant_end, a pause longer than the lead still releases every sample held by the resampler."""
+    d = active_driver()
+    d.say("r1", tone_pcm(500, 48000), 48000)
+    d.advance(1500)
+    assert len(d.heard_ulaw()) == pytest.approx(500 * 8, abs=8)

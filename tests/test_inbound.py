@@ -261,3 +261,13 @@ def test_preroll_keeps_the_newest_audio_and_accounts_for_all(capacity_ms: int, s
     assert pushed.endswith(held)
     assert len(held) % 2 == 0
     assert len(pushed) / 16 - len(held) / 16 == pytest.approx(preroll.statistics().dropped_ms)
+
+
+def test_timestamps_jumping_back_for_good_are_followed_after_a_resync() -> None:
+    """A peer whose clock restarts is dropped as stale briefly, then followed (no stream stuck forever)."""
+    stream = InboundStream(InboundParams(resync_after_stale_frames=5))
+    for i in range(10):
+        assert stream.accept(10_000 + 20 * i, i + 1, 160).action == "forward"
+    verdicts = [stream.accept(20 * i, 100 + i, 160) for i in range(8)]
+    assert [v.reason for v in verdicts] == ["stale"] * 4 + ["resync", "continuous", "continuous", "continuous"]
+    assert stream.statistics().resyncs == 1

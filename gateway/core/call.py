@@ -47,6 +47,8 @@ log = logging.getLogger("gateway.call")
 EXPECTED_MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)
 # Keys of start.customParameters that become upstream session variables (set by our webhook).
 CALL_VARIABLE_KEYS = ("caller_number", "called_number")
+# evi-protocol.md §6: the built-in tool that ends the call after a farewell.
+HANG_UP_TOOL = "hang_up"
 
 
 class TokenRedeemer(Protocol):
@@ -102,6 +104,7 @@ class Call:
         self._outbound = OutboundAudio(params.playout)
         self._turn_ended = True
         self._upstream_requested = False
+        self._hang_up_requested = False
         self._upstream_close_sent = False
         self._pending_end: tuple[EndReason, str] = (EndReason.UPSTREAM_CLOSED, "")
         self._end_detail = ""
@@ -267,6 +270,8 @@ class Call:
                 self._turn_ended = True
                 self._outbound.turn_end()
                 extra.extend(self._playout_actions(now))
+                if self._hang_up_requested and self.state is CallState.ACTIVE:
+                    return extra + self._begin_ending(Input.HANG_UP, EndReason.HANG_UP, "agent hung up", now)
             case UserTranscript():
                 if not event.interim:
                     self._count("user_turns")
@@ -286,12 +291,25 @@ class Call:
                 self._count("assistant_messages")
             case ToolCall():
                 self._count("tool_calls")
+                if event.name == HANG_UP_TOOL:
+                    return self._on_hang_up(event, now)
                 log.info("E< tool_call %s (%s) not handled by this gateway", event.name, event.tool_call_id)
             case UpstreamNotice():
                 pass
             case UpstreamUnknown():
                 self._count("upstream_unknown_messages")
                 log.info("E< unknown message type %r ignored", event.kind)
+        return self._apply(Input.UPSTREAM_EVENT, now, extra=extra)
+
+    def _on_hang_up(self, event: ToolCall, now: float) -> list[Action]:
+        """evi-protocol.md §6: the agent ends the call once its goodbye has been heard in full."""
+        log.info("E< tool_call hang_up (%s): ending after the goodbye plays", event.tool_call_id)
+        extra: list[Action] = []
+        if not event.builtin and event.response_required:
+            extra.append(SendUpstream(self._codec.encode_tool_response(event.tool_call_id, "ok"), kind="tool_response"))
+        self._hang_up_requested = True
+        if self._turn_ended and self.state is CallState.ACTIVE:
+            return extra + self._begin_ending(Input.HANG_UP, EndReason.HANG_UP, "agent hung up", now)
         return self._apply(Input.UPSTREAM_EVENT, now, extra=extra)
 
     def _on_upstream_ready(self, event: UpstreamReady, now: float) -> list[Action]:

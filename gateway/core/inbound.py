@@ -19,7 +19,7 @@ from gateway.codecs.framing import ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import ulaw_silence
 from gateway.errors import CallStateError, ConfigError
 
-InboundReason = Literal["first", "continuous", "gap", "duplicate", "stale", "empty"]
+InboundReason = Literal["first", "continuous", "gap", "duplicate", "stale", "empty", "resync"]
 """Why a frame was forwarded (``first``, ``continuous``, ``gap``) or dropped (the others)."""
 
 
@@ -31,12 +31,16 @@ class InboundParams:
     """Longest gap filled with silence; the rest of a longer gap is counted as unfilled."""
     tolerance_ms: int = 10
     """Timestamp jitter around the expected position that is neither a gap nor stale."""
+    resync_after_stale_frames: int = 25
+    """After this many stale frames in a row the stream follows the peer's new timeline (500 ms at 20 ms)."""
 
     def __post_init__(self) -> None:
         if self.max_gap_fill_ms < 0:
             raise ConfigError(f"max_gap_fill_ms must be >= 0, got {self.max_gap_fill_ms}")
         if self.tolerance_ms < 0:
             raise ConfigError(f"tolerance_ms must be >= 0, got {self.tolerance_ms}")
+        if self.resync_after_stale_frames < 1:
+            raise ConfigError(f"resync_after_stale_frames must be >= 1, got {self.resync_after_stale_frames}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class InboundStats:
     chunks_skipped: int
     """Informational: whether ``chunk`` skips when Twilio discards audio is unconfirmed (§1.3, §8)."""
     last_timestamp_ms: int | None
+    resyncs: int = 0
+    """Times the peer's timestamps jumped backwards for good and the stream followed them."""
 
 
 class InboundStream:
@@ -83,6 +89,8 @@ class InboundStream:
         self._forwarded = 0
         self._duplicate = 0
         self._stale = 0
+        self._stale_run = 0
+        self._resyncs = 0
         self._empty = 0
         self._gaps = 0
         self._gap_ms_filled = 0
@@ -121,7 +129,13 @@ class InboundStream:
             return InboundVerdict("forward", fill_ms, "gap")
         if gap_samples < -self._tolerance_samples:
             self._stale += 1
-            return InboundVerdict("drop", 0, "stale")
+            self._stale_run += 1
+            if self._stale_run < self._params.resync_after_stale_frames:
+                return InboundVerdict("drop", 0, "stale")
+            # A peer whose clock jumped backwards for good: follow its new timeline rather than drop forever.
+            self._resyncs += 1
+            self._take(timestamp_ms, chunk, n_bytes, fill_ms=0)
+            return InboundVerdict("forward", 0, "resync")
         self._take(timestamp_ms, chunk, n_bytes, fill_ms=0)
         return InboundVerdict("forward", 0, "continuous")
 
@@ -138,6 +152,7 @@ class InboundStream:
             audio_ms_forwarded=self._samples_forwarded / ULAW_BYTES_PER_MS,
             chunks_skipped=self._chunks_skipped,
             last_timestamp_ms=self._last_timestamp_ms,
+            resyncs=self._resyncs,
         )
 
     def _take(self, timestamp_ms: int, chunk: int, n_bytes: int, fill_ms: int) -> None:
@@ -145,6 +160,7 @@ class InboundStream:
             self._chunks_skipped += chunk - self._last_chunk - 1
         self._last_timestamp_ms = timestamp_ms
         self._last_chunk = chunk
+        self._stale_run = 0
         self._expected_next_samples = timestamp_ms * ULAW_BYTES_PER_MS + n_bytes
         self._forwarded += 1
         self._samples_forwarded += n_bytes + fill_ms * ULAW_BYTES_PER_MS

@@ -41,6 +41,7 @@ class Input(enum.Enum):
     UPSTREAM_READY = "upstream ready"
     UPSTREAM_EVENT = "upstream event"
     UPSTREAM_FAULT = "upstream error"
+    HANG_UP = "agent hang-up"
     UPSTREAM_CLOSED = "upstream closed"
     TICK = "tick"
     DEADLINE = "deadline"
@@ -91,6 +92,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.ACTIVE, I.TWILIO_VIOLATION): S.ACTIVE,
     (S.ACTIVE, I.UPSTREAM_EVENT): S.ACTIVE,
     (S.ACTIVE, I.UPSTREAM_FAULT): S.ENDING,
+    (S.ACTIVE, I.HANG_UP): S.ENDING,
     (S.ACTIVE, I.UPSTREAM_CLOSED): S.ENDING,
     (S.ACTIVE, I.STOP): S.CLOSED,
     (S.ACTIVE, I.TWILIO_CLOSED): S.CLOSED,
@@ -106,6 +108,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.ENDING, I.UPSTREAM_READY): S.ENDING,
     (S.ENDING, I.UPSTREAM_EVENT): S.ENDING,
     (S.ENDING, I.UPSTREAM_FAULT): S.ENDING,
+    (S.ENDING, I.HANG_UP): S.ENDING,
     (S.ENDING, I.UPSTREAM_CLOSED): S.ENDING,
     (S.ENDING, I.TICK): S.ENDING,
     (S.ENDING, I.DRAINED): S.CLOSED,

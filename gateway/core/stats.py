@@ -23,6 +23,7 @@ class EndReason(enum.Enum):
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     MAX_DURATION = "max_duration"
+    HANG_UP = "hang_up"
     DRAIN_TIMEOUT = "drain_timeout"
 
 
