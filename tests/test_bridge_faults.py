@@ -215,3 +215,39 @@ async def test_bad_evi_frames_are_survived(
         assert caller.record.protocol_violations == []
         assert not caller.is_closed
         await caller.hang_up()
+
+
+async def test_calls_over_capacity_are_refused_without_evi(evi_sim: EviSimulator) -> None:
+    """Beyond max_concurrent_calls the stream upgrade gets 503 and no EVI session is opened for it."""
+    async with (
+        running_gateway(evi_sim.url, max_concurrent_calls=1) as gw,
+        TwilioCaller(config(gw)) as first,
+        TwilioCaller(config(gw)) as second,
+    ):
+        await live_session(first, evi_sim)
+        with pytest.raises(DialError) as info:
+            await second.dial()
+        assert (info.value.stage, info.value.status) == ("stream", 503)
+        assert evi_sim.connection_attempts == 1
+        await first.hang_up()
+
+
+async def test_healthz_reports_active_calls(gateway: RunningGateway, evi_sim: EviSimulator) -> None:
+    """GET /healthz answers ok with the number of calls in progress."""
+    async with aiohttp.ClientSession() as http, TwilioCaller(config(gateway)) as caller:
+        await live_session(caller, evi_sim)
+        async with http.get(gateway.base_url + "/healthz") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["active_calls"] == 1
+        await caller.hang_up()
+
+
+@pytest.mark.parametrize("signed", [True, False])
+async def test_stream_status_callback_is_signed(gateway: RunningGateway, signed: bool) -> None:
+    """Twilio's stream statusCallback is accepted when signed (204) and refused otherwise (403)."""
+    assert gateway.auth_token is not None
+    url = gateway.base_url + "/twilio/stream-status"
+    form = {"CallSid": "CA1", "StreamSid": "MZ1", "StreamEvent": "stream-error", "StreamError": "31920 handshake"}
+    headers = {"X-Twilio-Signature": sign_request(gateway.auth_token, url, form)} if signed else {}
+    async with aiohttp.ClientSession() as http, http.post(url, data=form, headers=headers) as resp:
+        assert resp.status == (204 if signed else 403)
