@@ -53,6 +53,12 @@ def _simulate_evi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from gateway.loadtest import main as loadtest_main
+
+    return loadtest_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls ⇄ Hume EVI gateway")
@@ -77,13 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure the audio path: µs per 20 ms frame and held-back ms", add_help=False
     )
     bench.set_defaults(func=_bench)
+
+    loadtest = sub.add_parser(
+        "loadtest", help="replay a folder of recorded callers as concurrent Twilio calls", add_help=False
+    )
+    loadtest.set_defaults(func=_loadtest)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "bench":
+    if rest and args.command not in ("bench", "loadtest"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

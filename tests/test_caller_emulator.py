@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -28,9 +29,11 @@ from gateway.simulator.caller import (
     CallRecord,
     DialError,
     MarkEcho,
+    NetworkTrouble,
     SendBinary,
     SendDtmf,
     SendText,
+    SpeechSegment,
     TwilioCaller,
     run_call,
 )
@@ -646,3 +649,115 @@ def test_missing_recording_raises_audio_format_error(tmp_path: Path) -> None:
     """A path that does not exist raises AudioFormatError naming it."""
     with pytest.raises(AudioFormatError, match="missing.wav"):
         load_recording(tmp_path / "missing.wav")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Talking back, hearing the agent, and network trouble
+# ---------------------------------------------------------------------------------------------------
+
+
+def steady_ulaw(n_bytes: int, level: int = 4000) -> bytes:
+    """μ-law of a constant level: every sample is loud, so speech edges are sample-exact."""
+    return pcm16_to_ulaw(np.full(n_bytes, level, "<i2").tobytes())
+
+
+def media_events(gw: FakeGateway) -> list[dict[str, Any]]:
+    return [e for e in gw.events() if e.get("event") == "media"]
+
+
+async def test_spoken_audio_goes_out_from_the_next_tick_and_is_recorded() -> None:
+    """speak() audio is sent from the next tick on, at the media time recorded in caller_utterances."""
+    speech = loud_ulaw(800, seed=11)  # 100 ms
+    async with fake_gateway() as gw, TwilioCaller(config_for(gw, hangup_after_ms=10_000)) as caller:
+        await caller.dial()
+        assert await caller.wait_media_ms(100, WAIT_S)
+        spoken_at = caller.media_time_ms
+        caller.speak(speech)
+        assert caller.speaking
+        assert await caller.wait_spoken(WAIT_S)
+        assert await caller.wait_media_ms(spoken_at + 200, WAIT_S)
+        await caller.hang_up()
+        await gw.wait_until(gw.ws_done.is_set)
+    assert caller.record.caller_utterances == [SpeechSegment(spoken_at, spoken_at + 100)]
+    by_time = {int(e["media"]["timestamp"]): base64.b64decode(e["media"]["payload"]) for e in media_events(gw)}
+    start = int(spoken_at)
+    assert b"".join(by_time[t] for t in range(start, start + 100, 20)) == speech
+    assert_silent(by_time[start - 20] + by_time[start + 100])
+
+
+async def test_speaking_over_the_configured_recording_mixes_the_two() -> None:
+    """Speech queued before the call starts plays mixed (summed in linear) with the configured audio."""
+    a, b = steady_ulaw(320, 3000), steady_ulaw(320, -1000)
+    async with fake_gateway() as gw:
+        config = config_for(gw, audio_ulaw=a, hangup_after_ms=100)
+        async with TwilioCaller(config) as caller:
+            caller.speak(b)
+            await caller.dial()
+            assert await caller.wait_closed(WAIT_S)
+    mixed = decoded(bytes(caller.record.sent_ulaw[:320]))
+    assert np.allclose(mixed, 2000, rtol=0.05)
+    assert caller.record.caller_utterances == [SpeechSegment(0, 40)]
+
+
+async def test_agent_speech_segments_and_waits_follow_what_is_heard() -> None:
+    """Agent audio heard becomes speech segments at its playout position; the wait helpers see them."""
+    first, second = steady_ulaw(1920), steady_ulaw(1280)  # 240 ms, 160 ms
+
+    async def behaviour(gw: FakeGateway, ws: web.WebSocketResponse) -> None:
+        sid = await gw.stream_sid()
+        await ws.send_str(media_message(sid, first))
+        sent_at = gw.count("media")
+        await gw.wait_until(lambda: gw.count("media") >= sent_at + 30)  # ≥ 360 ms of quiet after `first`
+        await ws.send_str(media_message(sid, second))
+
+    async with fake_gateway(behaviour) as gw, TwilioCaller(config_for(gw, hangup_after_ms=10_000)) as caller:
+        await caller.dial()
+        segment = await caller.wait_agent_speaking(WAIT_S)
+        assert segment is not None
+        assert await caller.wait_agent_silent(200, WAIT_S)
+        assert not caller.record.agent_speaking
+        later = await caller.wait_agent_speaking(WAIT_S, since_ms=segment.start_ms + 240)
+        assert later is not None and later.start_ms > segment.start_ms + 240
+        assert await caller.wait_agent_silent(100, WAIT_S)
+    record = caller.record
+    heard = bytes(record.heard_ulaw)
+    at_first, at_second = heard.find(first), heard.find(second, heard.find(first) + len(first))
+    assert record.agent_speech_segments == [
+        SpeechSegment(at_first / 8, at_first / 8 + 240),
+        SpeechSegment(at_second / 8, at_second / 8 + 160),
+    ]
+    assert record.agent_quiet_ms == record.media_time_ms - (at_second / 8 + 160)
+
+
+@pytest.mark.parametrize("chunk_skips", [True, False])
+async def test_dropped_frames_leave_timestamp_holes_and_are_counted_exactly(chunk_skips: bool) -> None:
+    """Dropping 2 frames of every 5 withholds exactly those frames; later timestamps keep their media-clock
+    values, sequence numbers stay contiguous, and chunk skips or not as configured."""
+    trouble = NetworkTrouble(drop_every_n=5, drop_run=2, chunk_skips=chunk_skips)
+    async with fake_gateway() as gw:
+        record = await run_call(config_for(gw, hangup_after_ms=400, network=trouble))
+        await gw.wait_until(gw.ws_done.is_set)
+    dropped_ms = [n * 20 for n in range(20) if n % 5 >= 3]
+    assert record.dropped_frames_ms == dropped_ms and record.frames_dropped == 8
+    assert record.media_frames_sent == 12
+    media = media_events(gw)
+    assert [int(e["media"]["timestamp"]) for e in media] == [t for t in range(0, 400, 20) if t not in dropped_ms]
+    chunks = [int(e["media"]["chunk"]) for e in media]
+    assert chunks == (
+        [t // 20 + 1 for t in range(0, 400, 20) if t not in dropped_ms] if chunk_skips else list(range(1, 13))
+    )
+    sequence = [int(e["sequenceNumber"]) for e in gw.events() if "sequenceNumber" in e]
+    assert sequence == list(range(1, len(sequence) + 1))
+    assert len(record.sent_ulaw) == 400 * 8  # what the caller said keeps the full media clock
+
+
+async def test_jitter_and_bursts_delay_frames_but_never_drop_or_reorder_them() -> None:
+    """With jitter and bursts every frame still arrives, in order; the largest injected delay is bounded."""
+    trouble = NetworkTrouble(extra_jitter_ms=40, burst_every_ms=200, burst_hold_ms=100, seed=3)
+    async with fake_gateway() as gw:
+        record = await run_call(config_for(gw, hangup_after_ms=600, network=trouble))
+        await gw.wait_until(gw.ws_done.is_set)
+    assert [int(e["media"]["timestamp"]) for e in media_events(gw)] == list(range(0, 600, 20))
+    assert record.frames_dropped == 0
+    assert 0 < record.max_send_delay_ms <= 140
+    assert gw.events()[-1]["event"] == "stop"

@@ -8,6 +8,11 @@ order at real time, a mark is echoed when playback reaches it (at once if nothin
 and ``clear`` drops the queued audio and echoes every pending mark. Every gateway frame is checked with
 :func:`parse_gateway_message`, as strictly as Twilio checks it; violations are recorded, never raised.
 
+The caller can talk back while the call runs (:meth:`TwilioCaller.speak`) and wait on what it hears
+(:meth:`TwilioCaller.wait_agent_speaking`, :meth:`TwilioCaller.wait_agent_silent`), so load-test scenarios
+react to the agent. Its uplink can be made unreliable with :class:`NetworkTrouble` (jitter, bursts, and
+dropped frames as under warning 31930, §1.3), deterministic by seed.
+
 Everything the caller said and heard goes into a :class:`~gateway.simulator.recording.CallRecord`,
 measured on the media clock (ticks × ``frame_ms``), never on wall time, so tests can assert on it on a
 noisy machine. Used by the integration tests, ``gateway demo`` and ``gateway loadtest``.
@@ -20,20 +25,21 @@ import contextlib
 import logging
 import math
 import secrets
-import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, TypeAlias
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from typing import TypeAlias
 
 import aiohttp
+import numpy as np
 
 from gateway.codecs.framing import ULAW_BYTES_PER_MS
-from gateway.codecs.g711 import ulaw_silence
-from gateway.errors import ConfigError, RemoteProtocolError, TwilioProtocolError
-from gateway.simulator.recording import CallRecord, MarkEcho, PlayoutGap, Received
+from gateway.codecs.g711 import ULAW_SILENCE_BYTE, pcm16_to_ulaw, ulaw_silence, ulaw_to_pcm16
+from gateway.errors import ConfigError, TwilioProtocolError
+from gateway.simulator.caller_dial import API_VERSION, DialError, open_stream, post_webhook, read_twiml
+from gateway.simulator.caller_network import NetworkTrouble
+from gateway.simulator.recording import CallRecord, MarkEcho, PlayoutGap, Received, SpeechSegment
 from gateway.wire.twilio_media import (
     OutboundClear,
     OutboundMark,
@@ -46,19 +52,20 @@ from gateway.wire.twilio_media import (
     start_message,
     stop_message,
 )
-from gateway.wire.twilio_signature import sign_request
 
 __all__ = [
     "CallRecord",
     "CallerConfig",
     "DialError",
     "MarkEcho",
+    "NetworkTrouble",
     "PlayoutGap",
     "Received",
     "ScriptedEvent",
     "SendBinary",
     "SendDtmf",
     "SendText",
+    "SpeechSegment",
     "TwilioCaller",
     "new_sid",
     "run_call",
@@ -66,10 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "2010-04-01"
-WEBHOOK_USER_AGENT = "TwilioProxy/1.1"
-MAX_WS_MESSAGE_BYTES = 16 * 1024 * 1024
-_PARAMETER_MAX_CHARS = 500  # §3.1: name + value must be under 500 characters
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -108,7 +111,11 @@ ScriptedEvent: TypeAlias = SendDtmf | SendText | SendBinary
 
 @dataclass
 class CallerConfig:
-    """One simulated inbound call. SIDs are generated when not given."""
+    """One simulated inbound call. SIDs are generated when not given.
+
+    ``speech_threshold`` (linear16 magnitude) and ``speech_merge_gap_ms`` decide which heard audio counts as
+    agent speech (``record.agent_speech_segments``); ``network`` injects uplink trouble.
+    """
 
     webhook_url: str
     auth_token: str | None = None
@@ -126,6 +133,9 @@ class CallerConfig:
     webhook_timeout_s: float = 15.0
     connect_timeout_s: float = 10.0
     underrun_gap_max_ms: float = 400.0
+    speech_threshold: int = 300
+    speech_merge_gap_ms: float = 120.0
+    network: NetworkTrouble = NetworkTrouble()
 
     def __post_init__(self) -> None:
         if self.frame_ms <= 0:
@@ -146,17 +156,6 @@ class CallerConfig:
         return math.ceil(len(self.audio_ulaw) / ULAW_BYTES_PER_MS) + self.tail_silence_ms
 
 
-class DialError(RemoteProtocolError):
-    """The call could not be set up: webhook refused, TwiML unusable, or stream handshake refused."""
-
-    def __init__(
-        self, message: str, *, stage: Literal["webhook", "twiml", "stream"], status: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.status = status
-
-
 @dataclass(frozen=True, slots=True)
 class _QueuedMark:
     name: str
@@ -170,13 +169,21 @@ class TwilioCaller:
 
     def __init__(self, config: CallerConfig, *, session: aiohttp.ClientSession | None = None) -> None:
         self.config = config
-        self.record = CallRecord(frame_ms=config.frame_ms, underrun_gap_max_ms=config.underrun_gap_max_ms)
+        self.record = CallRecord(
+            frame_ms=config.frame_ms,
+            underrun_gap_max_ms=config.underrun_gap_max_ms,
+            speech_threshold=config.speech_threshold,
+            speech_merge_gap_ms=config.speech_merge_gap_ms,
+        )
         self._session = session
         self._owns_session = session is None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._frame_bytes = config.frame_ms * ULAW_BYTES_PER_MS
         self._seq = 0
-        self._outbox: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[float, str | bytes, str]] = asyncio.Queue()
+        self._last_release_s = 0.0
+        self._speech: deque[bytes] = deque()
+        self._speech_head_started = False
         self._playout: deque[bytes | _QueuedMark] = deque()
         self._gap_start: int | None = None
         self._audio_seen = False
@@ -214,10 +221,31 @@ class TwilioCaller:
             raise ConfigError("dial() was already called on this TwilioCaller")
         if self._session is None:
             raise ConfigError("use TwilioCaller inside 'async with', or pass a session")
-        twiml = await self._post_webhook(self._session)
-        stream_url = self._read_twiml(twiml)
-        self._ws = await self._open_stream(self._session, stream_url)
         cfg = self.config
+        params = {
+            "AccountSid": cfg.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": cfg.call_sid,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": cfg.from_number,
+            "To": cfg.to_number,
+            **cfg.extra_webhook_params,
+        }
+        twiml = await post_webhook(
+            self._session,
+            self.record,
+            self._violation,
+            webhook_url=cfg.webhook_url,
+            auth_token=cfg.auth_token,
+            params=params,
+            timeout_s=cfg.webhook_timeout_s,
+        )
+        stream_url = read_twiml(twiml, cfg.webhook_url, self.record, self._violation)
+        self._ws = await open_stream(
+            self._session, stream_url, auth_token=cfg.auth_token, timeout_s=cfg.connect_timeout_s
+        )
+        self.record.stream_open_s = asyncio.get_running_loop().time()
         self._enqueue(connected_message(), "connected")
         self._enqueue(
             start_message(
@@ -235,122 +263,6 @@ class TwilioCaller:
         self._tasks.append(self._ticker)
         return self.record
 
-    async def _post_webhook(self, session: aiohttp.ClientSession) -> str:
-        """§0 step 1, §4: form POST with Twilio's parameters, signed per §3.6."""
-        cfg = self.config
-        params = {
-            "AccountSid": cfg.account_sid,
-            "ApiVersion": API_VERSION,
-            "CallSid": cfg.call_sid,
-            "CallStatus": "ringing",
-            "Direction": "inbound",
-            "From": cfg.from_number,
-            "To": cfg.to_number,
-            **cfg.extra_webhook_params,
-        }
-        self.record.webhook_params = params
-        headers = {"User-Agent": WEBHOOK_USER_AGENT}
-        if cfg.auth_token is not None:
-            headers["X-Twilio-Signature"] = sign_request(cfg.auth_token, cfg.webhook_url, params)
-        timeout = aiohttp.ClientTimeout(total=cfg.webhook_timeout_s)
-        try:
-            async with session.post(
-                cfg.webhook_url, data=params, headers=headers, allow_redirects=False, timeout=timeout
-            ) as resp:
-                status, content_type, body = resp.status, resp.content_type, await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DialError(f"webhook POST {cfg.webhook_url} failed: {exc!r}", stage="webhook") from exc
-        self.record.webhook_status = status
-        if status != 200:
-            raise DialError(
-                f"webhook POST {cfg.webhook_url} answered HTTP {status}, not 200 with TwiML",
-                stage="webhook",
-                status=status,
-            )
-        self.record.twiml = body
-        if content_type not in ("text/xml", "application/xml"):
-            self._violation(f"webhook answered Content-Type {content_type!r}; TwiML needs text/xml (§4)")
-        return body
-
-    def _read_twiml(self, twiml: str) -> str:
-        """§3.1: ``<Response><Connect><Stream url>`` with ``<Parameter>`` children; returns the stream URL."""
-        try:
-            root = ET.fromstring(twiml)
-        except ET.ParseError as exc:
-            raise DialError(f"TwiML is not well-formed XML: {exc}", stage="twiml") from None
-        if root.tag != "Response":
-            raise DialError(f"TwiML root is <{root.tag}>, not <Response>", stage="twiml")
-        verbs = list(root)
-        connect_at = next((i for i, verb in enumerate(verbs) if verb.tag == "Connect"), None)
-        if connect_at is None:
-            found = ", ".join(f"<{v.tag}>" for v in verbs) or "nothing"
-            raise DialError(f"TwiML has no <Connect> (found {found})", stage="twiml")
-        for verb in verbs:
-            verb.tail = None
-        rec = self.record
-        rec.twiml_before_connect = [ET.tostring(v, encoding="unicode") for v in verbs[:connect_at]]
-        rec.twiml_after_connect = [ET.tostring(v, encoding="unicode") for v in verbs[connect_at + 1 :]]
-        streams = [child for child in verbs[connect_at] if child.tag == "Stream"]
-        if len(streams) != 1:
-            raise DialError(f"<Connect> holds {len(streams)} <Stream> elements, need exactly 1", stage="twiml")
-        stream = streams[0]
-        rec.stream_attributes = dict(stream.attrib)
-        url = stream.get("url")
-        if not url:
-            raise DialError("<Stream> has no url attribute", stage="twiml")
-        if stream.get("track", "inbound_track") != "inbound_track":
-            self._violation(f"<Connect><Stream track={stream.get('track')!r}>: Twilio error 31941 (§3.1)")
-        for param in stream:
-            if param.tag != "Parameter":
-                continue
-            name, value = param.get("name"), param.get("value")
-            if name is None or value is None:
-                raise DialError("<Parameter> needs both name and value attributes", stage="twiml")
-            if len(name) + len(value) >= _PARAMETER_MAX_CHARS:
-                self._violation(f"<Parameter name={name!r}> is {len(name) + len(value)} chars; limit 499 (§3.1)")
-            rec.custom_parameters[name] = value
-        rec.stream_url = self._resolve_stream_url(url)
-        return rec.stream_url
-
-    def _resolve_stream_url(self, url: str) -> str:
-        """Absolute ws/wss URLs are used exactly as written (that is what gets signed); others resolved."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss"):
-            absolute = urlsplit(urljoin(self.config.webhook_url, url))
-            scheme = {"http": "ws", "https": "wss"}.get(absolute.scheme)
-            if scheme is None or parts.scheme:
-                raise DialError(f"<Stream url={url!r}>: Twilio needs a wss URL (error 31922)", stage="twiml")
-            parts = absolute._replace(scheme=scheme)
-            url = urlunsplit(parts)
-        if parts.query:
-            self._violation(f"<Stream url={url!r}> has a query string; Twilio's handshake breaks (31920, P9)")
-        return url
-
-    async def _open_stream(self, session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
-        """§0 step 3: upgrade with lowercase ``x-twilio-signature`` over the URL with no params (§3.6)."""
-        cfg = self.config
-        headers = {}
-        if cfg.auth_token is not None:
-            headers["x-twilio-signature"] = sign_request(cfg.auth_token, url, {})
-        try:
-            async with asyncio.timeout(cfg.connect_timeout_s):
-                return await session.ws_connect(
-                    url,
-                    headers=headers,
-                    compress=0,
-                    max_msg_size=MAX_WS_MESSAGE_BYTES,
-                    autoclose=True,
-                    autoping=True,
-                    heartbeat=None,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=cfg.connect_timeout_s),
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise DialError(
-                f"stream upgrade to {url} answered HTTP {exc.status}", stage="stream", status=exc.status
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DialError(f"stream connect to {url} failed: {exc!r}", stage="stream") from exc
-
     # -- talking -----------------------------------------------------------------------------------
 
     def send(self, event: ScriptedEvent) -> None:
@@ -367,17 +279,24 @@ class TwilioCaller:
         self._seq += 1
         return self._seq
 
-    def _enqueue(self, frame: str | bytes, event: str) -> None:
-        """Queue a frame for the writer; frames go out in the order they were queued."""
+    def _enqueue(self, frame: str | bytes, event: str, release_s: float | None = None) -> None:
+        """Queue a frame for the writer, to go out at ``release_s`` (loop time; default now), in queue order."""
         if self._closed.is_set():
             return
-        self._outbox.put_nowait(frame)
+        now_s = asyncio.get_running_loop().time()
+        self._last_release_s = max(self._last_release_s, now_s if release_s is None else release_s)
+        self._outbox.put_nowait((self._last_release_s, frame, event))
         self.record.sent_events.append(event)
 
     async def _run_writer(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        loop = asyncio.get_running_loop()
+        first_sent = self.record.first_sent_s
         while True:
-            frame = await self._outbox.get()
+            release_s, frame, event = await self._outbox.get()
             try:
+                if release_s > loop.time():
+                    await asyncio.sleep(release_s - loop.time())
+                first_sent.setdefault(event, loop.time())
                 if isinstance(frame, bytes):
                     await ws.send_bytes(frame)
                 else:
@@ -395,12 +314,17 @@ class TwilioCaller:
         audio, fb = cfg.audio_ulaw, self._frame_bytes
         script = deque(sorted(cfg.scripted, key=lambda item: item[0]))
         hangup_at_ms = cfg.hangup_at_ms
+        planner = cfg.network.planner(cfg.frame_ms)
+        rec = self.record
         t0 = loop.time()
+        rec.media_t0_s = t0
         n = 0
         while not self._closed.is_set():
-            delay_s = t0 + n * frame_s - loop.time()
+            tick_s = t0 + n * frame_s
+            delay_s = tick_s - loop.time()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
+            rec.max_tick_late_ms = max(rec.max_tick_late_ms, (loop.time() - tick_s) * 1000)
             if self._closed.is_set() or self._hanging_up:
                 return
             now_ms = n * cfg.frame_ms
@@ -410,22 +334,71 @@ class TwilioCaller:
             while script and script[0][0] <= now_ms:
                 self.send(script.popleft()[1])
             # §1.3: frames keep flowing after the recording ends, as μ-law silence.
-            frame = audio[n * fb : (n + 1) * fb]
-            frame += ulaw_silence(fb - len(frame))
-            self._enqueue(
-                inbound_media_message(
+            frame = _mix(audio[n * fb : (n + 1) * fb], self._take_speech(fb), fb)
+            plan = planner.plan(n)
+            if plan.drop:
+                rec.dropped_frames_ms.append(now_ms)  # §1.3, 31930: discarded; the timestamp still advances
+            else:
+                rec.media_frames_sent += 1
+                chunk = n + 1 if cfg.network.chunk_skips else rec.media_frames_sent
+                message = inbound_media_message(
                     sequence_number=self._next_seq(),
                     stream_sid=cfg.stream_sid,
-                    chunk=n + 1,
+                    chunk=chunk,
                     timestamp_ms=now_ms,
                     ulaw=frame,
-                ),
-                "media",
-            )
-            self.record.sent_ulaw += frame
+                )
+                rec.max_send_delay_ms = max(rec.max_send_delay_ms, plan.extra_delay_ms)
+                self._enqueue(message, "media", tick_s + plan.extra_delay_ms / 1000)
+            rec.sent_ulaw += frame
             self._play_tick()
             self._notify()
             n += 1
+
+    def _take_speech(self, n_bytes: int) -> bytes:
+        """Up to ``n_bytes`` of queued speech; notes where each queued piece starts in what was said."""
+        out = bytearray()
+        base = len(self.record.sent_ulaw)
+        while self._speech and len(out) < n_bytes:
+            head = self._speech[0]
+            if not self._speech_head_started:
+                start_ms = (base + len(out)) / ULAW_BYTES_PER_MS
+                self.record.caller_utterances.append(SpeechSegment(start_ms, start_ms + len(head) / ULAW_BYTES_PER_MS))
+                self._speech_head_started = True
+            take = head[: n_bytes - len(out)]
+            out += take
+            if len(take) == len(head):
+                self._speech.popleft()
+                self._speech_head_started = False
+            else:
+                self._speech[0] = head[len(take) :]
+        return bytes(out)
+
+    def speak(self, ulaw: bytes) -> None:
+        """Say ``ulaw`` (8 kHz μ-law) from the next tick on, after anything still queued; mixed over the
+        configured recording if that is still playing. Where it lands is in ``record.caller_utterances``."""
+        if ulaw:
+            self._speech.append(bytes(ulaw))
+
+    @property
+    def speaking(self) -> bool:
+        """True while audio queued with :meth:`speak` is still being sent."""
+        return bool(self._speech)
+
+    async def wait_spoken(self, timeout_s: float) -> bool:
+        """Wait until everything queued with :meth:`speak` has been said; False on timeout or close."""
+        return await self.wait_for(lambda _rec: not self._speech, timeout_s)
+
+    async def wait_agent_speaking(self, timeout_s: float, *, since_ms: float | None = None) -> SpeechSegment | None:
+        """Wait until agent speech is heard that goes on at or after ``since_ms`` (default: now); return its
+        segment (its ``end_ms`` is as of now), or None if none came within ``timeout_s``."""
+        since = self.media_time_ms if since_ms is None else since_ms
+        await self.wait_for(lambda rec: rec.agent_speech_after(since) is not None, timeout_s)
+        return self.record.agent_speech_after(since)
+
+    async def wait_agent_silent(self, silence_ms: float, timeout_s: float) -> bool:
+        """Wait until no agent speech has been heard for ``silence_ms`` of media time."""
+        return await self.wait_for(lambda rec: rec.agent_quiet_ms >= silence_ms, timeout_s)
 
     # -- playback (§1.5, §2) -----------------------------------------------------------------------
 
@@ -461,7 +434,7 @@ class TwilioCaller:
             if self._audio_seen and self._gap_start is None:
                 self._gap_start = base + len(out)
             out += ulaw_silence(fb - len(out))
-        rec.heard_ulaw += out
+        rec.append_heard(bytes(out))
 
     def _echo(self, name: str, media_time_ms: float, *, cleared: bool) -> None:
         msg = mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.config.stream_sid, name=name)
@@ -608,6 +581,19 @@ class TwilioCaller:
         for result in results:
             if isinstance(result, Exception):
                 raise result
+
+
+def _mix(a: bytes, b: bytes, n_bytes: int) -> bytes:
+    """Two μ-law pieces played at once, as one ``n_bytes`` frame (summed in linear, clipped)."""
+    if not b:
+        pass
+    elif not a.strip(bytes([ULAW_SILENCE_BYTE])):
+        a = b
+    else:
+        pa = np.frombuffer(ulaw_to_pcm16(a + ulaw_silence(n_bytes - len(a))), "<i2").astype(np.int32)
+        pb = np.frombuffer(ulaw_to_pcm16(b + ulaw_silence(n_bytes - len(b))), "<i2").astype(np.int32)
+        a = pcm16_to_ulaw(np.clip(pa + pb, -32768, 32767).astype("<i2").tobytes())
+    return a + ulaw_silence(n_bytes - len(a))
 
 
 async def run_call(

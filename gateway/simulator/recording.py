@@ -4,8 +4,8 @@ Owns loading what a simulated caller says (WAV with 16-bit PCM at any rate, mono
 with μ-law samples, format tag 7; raw ``.ulaw``/``.mulaw`` files) as 8 kHz μ-law, resampled once,
 one-shot, with soxr HQ so a recording's start carries no filter delay; anything else is an
 :class:`AudioFormatError` naming the file and what was wrong with it. Also owns :class:`CallRecord`, what
-the caller emulator said, heard and saw during one call, measured on the media clock, and writing heard
-audio back to WAV.
+the caller emulator said, heard and saw during one call, measured on the media clock (including when the
+agent was heard speaking, found from the heard audio as it plays), and writing heard audio back to WAV.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ __all__ = [
     "MarkEcho",
     "PlayoutGap",
     "Received",
+    "SpeechSegment",
     "load_recording",
     "pcm16_to_mono",
     "ulaw_to_wav_bytes",
     "wav_to_ulaw",
+    "write_stereo_wav",
     "write_ulaw_wav",
     "write_wav",
 ]
@@ -176,6 +178,15 @@ def write_wav(path: str | Path, pcm16: bytes, rate_hz: int, channels: int = 1) -
         w.writeframes(pcm16)
 
 
+def write_stereo_wav(path: str | Path, left_ulaw: bytes, right_ulaw: bytes) -> None:
+    """Two 8 kHz μ-law tracks → one 16-bit stereo WAV; the shorter track is padded with silence."""
+    n = max(len(left_ulaw), len(right_ulaw))
+    stereo = np.zeros((n, 2), dtype="<i2")
+    stereo[: len(left_ulaw), 0] = np.frombuffer(ulaw_to_pcm16(left_ulaw), dtype="<i2")
+    stereo[: len(right_ulaw), 1] = np.frombuffer(ulaw_to_pcm16(right_ulaw), dtype="<i2")
+    write_wav(path, stereo.tobytes(), TWILIO_RATE_HZ, channels=2)
+
+
 def ulaw_to_wav_bytes(ulaw: bytes, *, keep_ulaw: bool = False) -> bytes:
     """8 kHz μ-law → a WAV file in memory: 16-bit PCM (plays anywhere), or μ-law samples (tag 7, lossless)."""
     if keep_ulaw:
@@ -214,6 +225,18 @@ class MarkEcho(NamedTuple):
     cleared: bool
 
 
+class SpeechSegment(NamedTuple):
+    """A stretch of speech on the media clock, ``start_ms`` inclusive to ``end_ms`` exclusive."""
+
+    start_ms: float
+    end_ms: float
+
+    @property
+    def duration_ms(self) -> float:
+        """``end_ms - start_ms``."""
+        return self.end_ms - self.start_ms
+
+
 class PlayoutGap(NamedTuple):
     """Silence heard between two pieces of gateway audio, with no ``clear`` in between."""
 
@@ -227,6 +250,10 @@ class CallRecord:
 
     frame_ms: int
     underrun_gap_max_ms: float = 400.0
+    speech_threshold: int = 300
+    """Heard samples louder than this (linear16 magnitude) count as agent speech."""
+    speech_merge_gap_ms: float = 120.0
+    """Agent speech separated by at most this much quiet is one segment."""
     webhook_params: dict[str, str] = field(default_factory=dict)
     webhook_status: int | None = None
     twiml: str | None = None
@@ -247,6 +274,24 @@ class CallRecord:
     cleared_audio_samples: int = 0
     close_code: int | None = None
     closed_by: Literal["caller", "gateway"] | None = None
+    agent_speech_segments: list[SpeechSegment] = field(default_factory=list)
+    """Loud heard audio, merged over gaps up to ``speech_merge_gap_ms``; the last one grows while heard."""
+    caller_utterances: list[SpeechSegment] = field(default_factory=list)
+    """Audio queued with ``TwilioCaller.speak``: where each piece starts and ends in what the caller said."""
+    media_frames_sent: int = 0
+    dropped_frames_ms: list[int] = field(default_factory=list)
+    """``media.timestamp`` of every frame withheld by injected loss (31930-style discards)."""
+    max_send_delay_ms: float = 0.0
+    """Largest injected delay of a media frame past its tick (jitter and bursts, order kept)."""
+    max_tick_late_ms: float = 0.0
+    """Largest lateness of the caller's own 20 ms ticker (a busy load generator shows here)."""
+    webhook_sent_s: float | None = None
+    """Event-loop (monotonic) time of the webhook POST; the other ``*_s`` fields use the same clock."""
+    stream_open_s: float | None = None
+    media_t0_s: float | None = None
+    """Loop time of media-clock 0 (the first tick)."""
+    first_sent_s: dict[str, float] = field(default_factory=dict)
+    """Loop time each kind of frame (``start``, ``media``, ``dtmf``…) first went onto the socket."""
 
     @property
     def media_time_ms(self) -> float:
@@ -267,6 +312,42 @@ class CallRecord:
     def underrun_ms(self) -> float:
         """Silence inside a stretch of speech: gaps shorter than ``underrun_gap_max_ms`` (P1)."""
         return sum(g.duration_ms for g in self.playout_gaps if g.duration_ms < self.underrun_gap_max_ms)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Media frames the caller withheld by injected loss."""
+        return len(self.dropped_frames_ms)
+
+    def append_heard(self, frame_ulaw: bytes) -> None:
+        """Play ``frame_ulaw`` at the end of what was heard, extending the agent speech segments."""
+        base = len(self.heard_ulaw)
+        self.heard_ulaw += frame_ulaw
+        loud = _loud_indices(frame_ulaw, self.speech_threshold)
+        if loud.size == 0:
+            return
+        start_ms = (base + int(loud[0])) / ULAW_BYTES_PER_MS
+        end_ms = (base + int(loud[-1]) + 1) / ULAW_BYTES_PER_MS
+        segments = self.agent_speech_segments
+        if segments and start_ms - segments[-1].end_ms <= self.speech_merge_gap_ms:
+            segments[-1] = SpeechSegment(segments[-1].start_ms, end_ms)
+        else:
+            segments.append(SpeechSegment(start_ms, end_ms))
+
+    @property
+    def agent_speaking(self) -> bool:
+        """Agent speech was heard within the last ``speech_merge_gap_ms`` of the media clock."""
+        segments = self.agent_speech_segments
+        return bool(segments) and self.media_time_ms - segments[-1].end_ms <= self.speech_merge_gap_ms
+
+    def agent_speech_after(self, media_time_ms: float) -> SpeechSegment | None:
+        """The first agent speech segment still going on or starting after ``media_time_ms``."""
+        return next((s for s in self.agent_speech_segments if s.end_ms > media_time_ms), None)
+
+    @property
+    def agent_quiet_ms(self) -> float:
+        """How long no agent speech has been heard (since the call began, if never)."""
+        last_ms = self.agent_speech_segments[-1].end_ms if self.agent_speech_segments else 0.0
+        return max(0.0, self.media_time_ms - last_ms)
 
     def heard_between(self, start_ms: float, end_ms: float) -> bytes:
         """The μ-law the caller heard from ``start_ms`` to ``end_ms`` on the media clock."""
