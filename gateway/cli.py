@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -46,11 +44,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _simulate_evi(args: argparse.Namespace) -> int:
-    from gateway.simulator.evi import serve_simulator
+    from gateway.simulator.evi import simulate_evi_main
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_simulator(args.host, args.port, args.api_key))
-    return 0
+    return simulate_evi_main(args.rest)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.simulator.demo import main as demo_main
+
+    return demo_main(args.rest)
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -59,11 +61,20 @@ def _loadtest(args: argparse.Namespace) -> int:
     return loadtest_main(args.rest)
 
 
+# Subcommands whose options are parsed by the module they call.
+PASS_THROUGH = ("bench", "demo", "loadtest", "simulate-evi")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="gateway", description="Twilio phone calls ⇄ Hume EVI gateway")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="a whole phone call offline: EVI agent + gateway + caller on loopback", add_help=False
+    )
+    demo.set_defaults(func=_demo)
 
     serve = sub.add_parser("serve", help="run the gateway (Twilio webhook + Media Stream WebSocket)")
     serve.add_argument("--host", help="listen address (overrides GATEWAY_HOST)")
@@ -73,10 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--print-config", action="store_true", help="print effective settings (secrets hidden)")
     serve.set_defaults(func=_serve)
 
-    sim = sub.add_parser("simulate-evi", help="serve the EVI-compatible simulator at ws://HOST:PORT/v0/evi/chat")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--api-key", default="test-key", help="key clients must send (X-Hume-Api-Key or api_key)")
+    sim = sub.add_parser(
+        "simulate-evi", help="serve the EVI-compatible agent at ws://HOST:PORT/v0/evi/chat", add_help=False
+    )
     sim.set_defaults(func=_simulate_evi)
 
     bench = sub.add_parser(
@@ -94,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command not in ("bench", "loadtest"):
+    if rest and args.command not in PASS_THROUGH:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
