@@ -7,12 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from aiohttp import web
+
 from gateway.errors import ConfigError
+from gateway.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from gateway.adapters.app import make_app
     from gateway.settings import load_settings
 
@@ -33,8 +34,34 @@ def _serve(args: argparse.Namespace) -> int:
         for key, value in settings.redacted().items():
             print(f"{key} = {value!r}")
         return 0
-    web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None)
+    app = make_app(settings) if args.evi == "hume" else _app_with_simulator(settings, cheap=args.evi_cheap)
+    web.run_app(app, host=settings.host, port=settings.port, print=None)
     return 0
+
+
+async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Application:
+    """The gateway bridged to the EVI-compatible agent running in the same process (offline use)."""
+    import secrets
+
+    from pydantic import SecretStr
+
+    from gateway.adapters.app import make_app
+    from gateway.simulator.agent import AgentConfig
+    from gateway.simulator.evi import EviSimulator
+
+    key = secrets.token_hex(16)
+    sim = EviSimulator(
+        api_key=key, agent_config=AgentConfig(cheap=cheap), retain_closed_sessions=False, record_audio=False
+    )
+    await sim.start()
+    logging.getLogger("gateway").info("EVI: the built-in agent at %s%s", sim.url, " (cheap mode)" if cheap else "")
+    app = make_app(settings.model_copy(update={"evi_url": sim.url, "hume_api_key": SecretStr(key)}))
+
+    async def close_simulator(_: web.Application) -> None:
+        await sim.close()
+
+    app.on_cleanup.append(close_simulator)
+    return app
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -82,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML settings file (see config/gateway.example.toml)")
     serve.add_argument("--insecure", action="store_true", help="allow running without TWILIO_AUTH_TOKEN")
     serve.add_argument("--print-config", action="store_true", help="print effective settings (secrets hidden)")
+    serve.add_argument(
+        "--evi",
+        choices=["hume", "simulator"],
+        default="hume",
+        help="hume: GATEWAY_EVI_URL (default); simulator: the built-in EVI-compatible agent in this process",
+    )
+    serve.add_argument("--evi-cheap", action="store_true", help="with --evi simulator: no ASR/TTS (load tests)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser(

@@ -1,0 +1,74 @@
+"""The `gateway` command as users run it: a real process serving real calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from gateway.cli import main
+from gateway.simulator.caller import CallerConfig, TwilioCaller
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_print_config_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway serve --print-config` shows effective settings with secrets masked."""
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok-secret-1")
+    monkeypatch.setenv("HUME_API_KEY", "sk-secret-2")
+    assert main(["serve", "--port", "9999", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "port = 9999" in out and "tok-secret-1" not in out and "sk-secret-2" not in out
+
+
+def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """An option a subcommand does not take is an error, not silently ignored."""
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--colour", "blue"])
+    assert info.value.code == 2 and "--colour" in capsys.readouterr().err
+
+
+async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
+    """`gateway serve --evi simulator` in its own process answers a signed call with the agent's greeting."""
+    port = _free_port()
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("gateway serve did not come up within 10 s")
+        config = CallerConfig(
+            webhook_url=f"http://127.0.0.1:{port}/twilio/voice", auth_token="cli-token", hangup_after_ms=10_000
+        )
+        async with TwilioCaller(config) as caller:
+            await caller.dial()
+            assert await caller.wait_agent_speaking(10) is not None
+            await caller.hang_up()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
