@@ -480,3 +480,56 @@ def test_summary_table_and_json_report_list_every_call(tmp_path: Path) -> None:
     assert report["calls_failed"] == 1 and len(report["calls"]) == 3
     assert report["summary"]["barge_in_yield_ms"]["n"] == 3
     assert report["calls"][1]["turns"][1]["barge_in_yield_ms"] == 120.0
+
+
+CHEAP_AGENT_SCENARIO = """
+agent_silence_ms = 600
+hangup_after_last_turn_ms = 1000
+[[turn]]
+wait_for_agent = true
+[[turn]]
+barge_in_after_ms = 300
+[[turn]]
+wait_for_agent = true
+"""
+
+
+async def test_load_against_the_built_in_agent_in_cheap_mode(tmp_path: Path) -> None:
+    """Ten concurrent calls against the gateway and the EVI-compatible agent (cheap mode): every call is
+    answered, every barge-in is yielded to (the agent interrupts itself and the gateway clears), nothing lost."""
+    from gateway.simulator.agent import AgentConfig
+    from gateway.simulator.agent_script import parse_agent_script
+
+    script = parse_agent_script(
+        '[agent]\ngreeting = "Hello there."\n'
+        'fallback = "This answer is deliberately long, so that the caller has time to talk over it. '
+        'It goes on for a while, sentence after sentence, until somebody interrupts."\n',
+        "load-test script",
+    )
+    folder = tmp_path / "agent"
+    folder.mkdir()
+    write_wav(folder / "caller.wav", speech_then_silence([700, 1600, 600], 700, 8000), 8000)
+    (folder / "caller.toml").write_text(CHEAP_AGENT_SCENARIO)
+    agent = AgentConfig(script=script, cheap=True, inactivity_timeout_s=None, realtime_factor=0.5)
+    async with (
+        EviSimulator(agent_config=agent) as sim,
+        running_gateway(sim.url, max_concurrent_calls=16) as gateway,
+    ):
+        config = LoadTestConfig(
+            target=gateway.base_url,
+            scenarios=tuple(load_folder(folder)),
+            auth_token=gateway.auth_token,
+            calls=10,
+            concurrency=10,
+            max_call_s=40,
+        )
+        result = await run_loadtest(config)
+        interruptions = sum(s.sent_counts.get("user_interruption", 0) for s in sim.sessions)
+    assert [call.ok for call in result.calls] == [True] * 10, [(c.end, c.failure) for c in result.calls]
+    for call in result.calls:
+        assert call.frames_dropped == 0 and call.protocol_violations == []
+        assert call.turns[0].response_latency_ms is not None
+        barge_in = call.turns[1]
+        assert not barge_in.barge_in_missed and barge_in.barge_in_cleared
+        assert barge_in.barge_in_yield_ms is not None and 0 < barge_in.barge_in_yield_ms < 3000
+    assert interruptions == 10
