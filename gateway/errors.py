@@ -4,12 +4,17 @@
 
     GatewayError
     ├── ConfigError                  bad or missing settings; raised at start-up only
+    │   └── ScenarioError            (loadtest.scenario) bad recordings or scenario files, all listed at once
     ├── SignatureError               X-Twilio-Signature missing or wrong (webhook or WebSocket upgrade)
     ├── CallStateError               local misuse of the core: a bug in our code, never the peer's fault
     ├── AudioFormatError             audio we cannot decode (bad WAV, odd byte count, wrong sample width)
+    ├── UpstreamConnectError         (adapters.evi_client) EVI refused or could not be reached; also a
+    │                                ConnectionError, and its message never holds credentials
+    ├── SessionClosedError           (simulator.evi_session) waited on a simulated EVI session that closed
     └── RemoteProtocolError          a peer broke its protocol; the core turns it into a close with a reason
         ├── TwilioProtocolError      e.g. media before start, bad mediaFormat, invalid JSON
-        └── UpstreamProtocolError    e.g. malformed audio_output, impossible message order
+        ├── UpstreamProtocolError    e.g. malformed audio_output, impossible message order
+        └── DialError                (simulator.caller_dial) the caller emulator could not set up a call
 
 Remote errors never escape the core as exceptions: they become close actions and are recorded as the
 call's end reason. Unknown message types are logged and ignored, never raised.

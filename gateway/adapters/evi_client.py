@@ -18,6 +18,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from gateway.errors import GatewayError
 from gateway.logs import redacting_logger
 from gateway.settings import Settings
 from gateway.wire.evi_codec import EviCodec
@@ -29,7 +30,7 @@ log = logging.getLogger("gateway.evi")
 TOKEN_REFRESH_MARGIN_S = 60.0
 
 
-class UpstreamConnectError(ConnectionError):
+class UpstreamConnectError(GatewayError, ConnectionError):
     """The upstream session could not be opened (the message never contains credentials)."""
 
 
