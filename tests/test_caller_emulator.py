@@ -625,7 +625,7 @@ def _wav_with(tag: int, bits: int, rate_hz: int = 8000, data: bytes = b"\x00\x00
 @pytest.mark.parametrize(
     ("name", "content", "problem"),
     [
-        ("short.wav", b"RIFF\x00\x00", "not a RIFF/WAVE"),
+        ("short.wav", b"RIFF\x00\x00", "WAV too short"),
         ("noriff.wav", b"ID3\x03junkjunkjunk", "not a RIFF/WAVE"),
         ("float.wav", _wav_with(3, 32), "format tag 0x0003"),
         ("eightbit.wav", _wav_with(1, 8), "8 bits"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 
 import aiohttp
@@ -41,11 +40,11 @@ async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
     """`gateway serve --evi simulator` in its own process answers a signed call with the agent's greeting."""
     port = _free_port()
     env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         async with aiohttp.ClientSession() as http:
@@ -68,7 +67,7 @@ async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
             proc.kill()
-            proc.wait(5)
+            await proc.wait()

@@ -17,11 +17,12 @@ import numpy as np
 from gateway.errors import AudioFormatError
 
 WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_MULAW = 0x0007
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 192000
 MAX_CHANNELS = 8
-_KSDATAFORMAT_SUBTYPE_PCM_PREFIX = b"\x01\x00\x00\x00"  # first bytes of the PCM sub-format GUID
+_FORMAT_NAMES = {WAVE_FORMAT_PCM: "integer PCM", WAVE_FORMAT_MULAW: "μ-law"}
 
 StereoMode = Literal["mix", "first"]
 
@@ -48,10 +49,24 @@ class WavAudio:
         return f"WavAudio({len(self.pcm16)} bytes, {self.rate_hz} Hz, {self.channels} ch)"
 
 
-def read_wav(data: bytes, stereo: StereoMode = "mix") -> WavAudio:
-    """Parse a whole WAV file; return its audio as mono linear16.
+@dataclass(frozen=True, slots=True)
+class RiffWave:
+    """The ``fmt `` fields and the ``data`` bytes of a RIFF/WAVE file, before any sample decoding."""
 
-    Multi-channel audio is averaged (``"mix"``) or reduced to its first channel (``"first"``).
+    format_tag: int
+    channels: int
+    rate_hz: int
+    block_align: int
+    bits: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"RiffWave(tag {self.format_tag:#06x}, {self.channels} ch, {self.rate_hz} Hz, {len(self.data)} bytes)"
+
+
+def parse_riff(data: bytes, formats: frozenset[int] = frozenset({WAVE_FORMAT_PCM})) -> RiffWave:
+    """Walk a WAV file's chunks (extra chunks skipped, word alignment honoured); accept only ``formats``.
+
     A ``data`` chunk whose declared size overruns the file (streamed WAVs write 0 or 0xFFFFFFFF) is read to
     the end of the file; a trailing partial sample frame is an error.
     """
@@ -59,8 +74,8 @@ def read_wav(data: bytes, stereo: StereoMode = "mix") -> WavAudio:
         raise AudioFormatError(f"WAV too short: {len(data)} bytes, need at least a 12-byte RIFF header")
     if data[0:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise AudioFormatError(f"not a RIFF/WAVE file (starts with {data[:12]!r})")
-    fmt: tuple[int, int, int, int] | None = None
-    pcm: bytes | None = None
+    fmt: tuple[int, int, int, int, int] | None = None
+    samples: bytes | None = None
     pos = 12
     while pos + 8 <= len(data):
         chunk_id = data[pos : pos + 4]
@@ -68,43 +83,58 @@ def read_wav(data: bytes, stereo: StereoMode = "mix") -> WavAudio:
         body_start = pos + 8
         if chunk_id == b"data":
             body_end = len(data) if size in (0, 0xFFFFFFFF) or body_start + size > len(data) else body_start + size
-            pcm = data[body_start:body_end]
+            samples = data[body_start:body_end]
             if fmt is not None:
                 break
         elif chunk_id == b"fmt ":
-            fmt = _parse_fmt(data[body_start : body_start + size])
+            fmt = _parse_fmt(data[body_start : body_start + size], formats)
         pos = body_start + size + (size & 1)  # RIFF chunks are word-aligned
     if fmt is None:
         raise AudioFormatError("WAV has no 'fmt ' chunk before its end")
-    if pcm is None:
+    if samples is None:
         raise AudioFormatError("WAV has no 'data' chunk")
-    rate_hz, channels, block_align, bits = fmt
-    if bits != 16:
-        raise AudioFormatError(f"WAV sample width is {bits} bits; only 16-bit PCM is supported")
-    if block_align != 2 * channels:
-        raise AudioFormatError(f"WAV block align {block_align} does not match {channels} channel(s) of 16 bits")
-    if len(pcm) % block_align:
-        raise AudioFormatError(f"WAV data is {len(pcm)} bytes, not a whole number of {block_align}-byte frames")
-    return WavAudio(pcm16=_to_mono(pcm, channels, stereo), rate_hz=rate_hz, channels=channels)
+    tag, rate_hz, channels, block_align, bits = fmt
+    if block_align <= 0 or len(samples) % block_align:
+        raise AudioFormatError(f"WAV data is {len(samples)} bytes, not a whole number of {block_align}-byte frames")
+    return RiffWave(tag, channels, rate_hz, block_align, bits, samples)
 
 
-def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
+def read_wav(data: bytes, stereo: StereoMode = "mix") -> WavAudio:
+    """Parse a whole 16-bit PCM WAV file; return its audio as mono linear16.
+
+    Multi-channel audio is averaged (``"mix"``) or reduced to its first channel (``"first"``).
+    """
+    wave = parse_riff(data)
+    if wave.bits != 16:
+        raise AudioFormatError(f"WAV sample width is {wave.bits} bits; only 16-bit PCM is supported")
+    if wave.block_align != 2 * wave.channels:
+        raise AudioFormatError(
+            f"WAV block align {wave.block_align} does not match {wave.channels} channel(s) of 16 bits"
+        )
+    return WavAudio(pcm16=to_mono(wave.data, wave.channels, stereo), rate_hz=wave.rate_hz, channels=wave.channels)
+
+
+def _parse_fmt(body: bytes, formats: frozenset[int]) -> tuple[int, int, int, int, int]:
     if len(body) < 16:
         raise AudioFormatError(f"WAV 'fmt ' chunk is {len(body)} bytes, need 16")
     tag, channels, rate_hz, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
     if tag == WAVE_FORMAT_EXTENSIBLE:
-        if len(body) < 40 or body[24:28] != _KSDATAFORMAT_SUBTYPE_PCM_PREFIX:
+        (sub_tag,) = struct.unpack_from("<H", body, 24) if len(body) >= 40 else (0,)
+        if sub_tag not in formats or body[26:28] != b"\x00\x00":
             raise AudioFormatError("WAV extensible format with a sub-format other than integer PCM")
-    elif tag != WAVE_FORMAT_PCM:
-        raise AudioFormatError(f"WAV format tag {tag:#06x}; only integer PCM (0x0001) is supported")
+        tag = sub_tag
+    elif tag not in formats:
+        names = ", ".join(f"{_FORMAT_NAMES.get(t, 'format')} ({t:#06x})" for t in sorted(formats))
+        raise AudioFormatError(f"WAV format tag {tag:#06x}; only {names} is supported")
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioFormatError(f"WAV declares {channels} channels")
     if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
         raise AudioFormatError(f"WAV sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz")
-    return rate_hz, channels, block_align, bits
+    return tag, rate_hz, channels, block_align, bits
 
 
-def _to_mono(pcm: bytes, channels: int, stereo: StereoMode) -> bytes:
+def to_mono(pcm: bytes, channels: int, stereo: StereoMode = "mix") -> bytes:
+    """Interleaved 16-bit PCM → mono, by averaging the channels (``"mix"``) or keeping the first."""
     if channels == 1:
         return pcm
     frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)

@@ -24,6 +24,7 @@ import soxr
 from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.codecs.resample import float_to_pcm16, pcm16_to_float
+from gateway.codecs.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, parse_riff, to_mono
 from gateway.errors import AudioFormatError
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "Received",
     "SpeechSegment",
     "load_recording",
-    "pcm16_to_mono",
     "ulaw_to_wav_bytes",
     "wav_to_ulaw",
     "write_stereo_wav",
@@ -44,14 +44,8 @@ __all__ = [
 
 RAW_ULAW_SUFFIXES = (".ulaw", ".mulaw", ".ul")
 _WAV_SUFFIXES = (".wav", ".wave")
-_WAVE_FORMAT_PCM = 0x0001
-_WAVE_FORMAT_MULAW = 0x0007
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-_MAX_CHANNELS = 8
-_MIN_RATE_HZ = 1000
-_MAX_RATE_HZ = 384_000
 
-StereoMode = Literal["mix", "first"]
+from gateway.codecs.wav import StereoMode  # noqa: E402  (re-exported)
 
 
 def load_recording(path: str | Path, *, stereo: StereoMode = "mix") -> bytes:
@@ -85,86 +79,27 @@ def load_recording(path: str | Path, *, stereo: StereoMode = "mix") -> bytes:
 
 def wav_to_ulaw(data: bytes, *, stereo: StereoMode = "mix") -> bytes:
     """Convert a whole WAV file (16-bit PCM or μ-law, any rate and channel count) to 8 kHz mono μ-law."""
-    tag, channels, rate_hz, block_align, bits, samples = _read_riff(data)
-    if tag == _WAVE_FORMAT_MULAW:
-        if bits != 8 or block_align != channels:
-            raise AudioFormatError(f"μ-law WAV must have 8-bit samples, got {bits} bits")
-        if channels == 1 and rate_hz == TWILIO_RATE_HZ:
+    wave_file = parse_riff(data, frozenset({WAVE_FORMAT_PCM, WAVE_FORMAT_MULAW}))
+    channels, samples = wave_file.channels, wave_file.data
+    if not samples:
+        raise AudioFormatError("WAV 'data' chunk is empty")
+    if wave_file.format_tag == WAVE_FORMAT_MULAW:
+        if wave_file.bits != 8 or wave_file.block_align != channels:
+            raise AudioFormatError(f"μ-law WAV must have 8-bit samples, got {wave_file.bits} bits")
+        if channels == 1 and wave_file.rate_hz == TWILIO_RATE_HZ:
             return samples
         pcm16 = ulaw_to_pcm16(samples)
     else:
-        if bits != 16:
-            raise AudioFormatError(f"WAV sample width is {bits} bits; only 16-bit PCM is supported")
-        if block_align != 2 * channels:
-            raise AudioFormatError(f"WAV block align {block_align} does not match {channels} x 16-bit")
+        if wave_file.bits != 16:
+            raise AudioFormatError(f"WAV sample width is {wave_file.bits} bits; only 16-bit PCM is supported")
+        if wave_file.block_align != 2 * channels:
+            raise AudioFormatError(f"WAV block align {wave_file.block_align} does not match {channels} x 16-bit")
         pcm16 = samples
-    mono = pcm16_to_mono(pcm16, channels, stereo)
-    if rate_hz != TWILIO_RATE_HZ:
-        resampled = soxr.resample(pcm16_to_float(mono), rate_hz, TWILIO_RATE_HZ, quality="HQ")
+    mono = to_mono(pcm16, channels, stereo)
+    if wave_file.rate_hz != TWILIO_RATE_HZ:
+        resampled = soxr.resample(pcm16_to_float(mono), wave_file.rate_hz, TWILIO_RATE_HZ, quality="HQ")
         mono = float_to_pcm16(np.asarray(resampled, dtype=np.float32))
     return pcm16_to_ulaw(mono)
-
-
-def _read_riff(data: bytes) -> tuple[int, int, int, int, int, bytes]:
-    """Walk the RIFF chunks; return (format tag, channels, rate, block align, bits, sample bytes)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise AudioFormatError(f"not a RIFF/WAVE file (starts with {data[:12]!r})")
-    fmt: tuple[int, int, int, int, int] | None = None
-    samples: bytes | None = None
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        (size,) = struct.unpack_from("<I", data, pos + 4)
-        body_start = pos + 8
-        if chunk_id == b"fmt ":
-            fmt = _parse_fmt(data[body_start : body_start + size])
-        elif chunk_id == b"data":
-            # Streamed WAVs write 0 or 0xFFFFFFFF as the data size: read to the end of the file.
-            overrun = size in (0, 0xFFFFFFFF) or body_start + size > len(data)
-            samples = data[body_start:] if overrun else data[body_start : body_start + size]
-            if fmt is not None:
-                break
-        pos = body_start + size + (size & 1)
-    if fmt is None:
-        raise AudioFormatError("WAV has no 'fmt ' chunk")
-    if samples is None:
-        raise AudioFormatError("WAV has no 'data' chunk")
-    tag, channels, rate_hz, block_align, bits = fmt
-    if block_align <= 0 or len(samples) % block_align:
-        raise AudioFormatError(f"WAV data is {len(samples)} bytes, not a whole number of {block_align}-byte frames")
-    if not samples:
-        raise AudioFormatError("WAV 'data' chunk is empty")
-    return tag, channels, rate_hz, block_align, bits, samples
-
-
-def _parse_fmt(body: bytes) -> tuple[int, int, int, int, int]:
-    if len(body) < 16:
-        raise AudioFormatError(f"WAV 'fmt ' chunk is {len(body)} bytes, need at least 16")
-    tag, channels, rate_hz, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
-    if tag == _WAVE_FORMAT_EXTENSIBLE:
-        if len(body) < 40:
-            raise AudioFormatError("WAV extensible 'fmt ' chunk is too short for its sub-format")
-        (tag,) = struct.unpack_from("<H", body, 24)  # first two bytes of the sub-format GUID
-    if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_MULAW):
-        raise AudioFormatError(f"WAV format tag {tag:#06x}; only PCM (0x0001) and μ-law (0x0007) are supported")
-    if not 1 <= channels <= _MAX_CHANNELS:
-        raise AudioFormatError(f"WAV declares {channels} channels")
-    if not _MIN_RATE_HZ <= rate_hz <= _MAX_RATE_HZ:
-        raise AudioFormatError(f"WAV sample rate {rate_hz} Hz is outside {_MIN_RATE_HZ}-{_MAX_RATE_HZ} Hz")
-    return tag, channels, rate_hz, block_align, bits
-
-
-def pcm16_to_mono(pcm16: bytes, channels: int, stereo: StereoMode = "mix") -> bytes:
-    """Interleaved 16-bit PCM → mono, by averaging the channels or keeping the first."""
-    if channels == 1:
-        return pcm16
-    if len(pcm16) % (2 * channels):
-        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel frames")
-    frames = np.frombuffer(pcm16, dtype="<i2").reshape(-1, channels)
-    if stereo == "first":
-        return bytes(frames[:, 0].astype("<i2").tobytes())
-    mixed = frames.astype(np.int32).sum(axis=1) // channels
-    return bytes(mixed.astype("<i2").tobytes())
 
 
 def write_wav(path: str | Path, pcm16: bytes, rate_hz: int, channels: int = 1) -> None:
@@ -190,7 +125,7 @@ def write_stereo_wav(path: str | Path, left_ulaw: bytes, right_ulaw: bytes) -> N
 def ulaw_to_wav_bytes(ulaw: bytes, *, keep_ulaw: bool = False) -> bytes:
     """8 kHz μ-law → a WAV file in memory: 16-bit PCM (plays anywhere), or μ-law samples (tag 7, lossless)."""
     if keep_ulaw:
-        fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_MULAW, 1, TWILIO_RATE_HZ, TWILIO_RATE_HZ, 1, 8, 0)
+        fmt = struct.pack("<HHIIHHH", WAVE_FORMAT_MULAW, 1, TWILIO_RATE_HZ, TWILIO_RATE_HZ, 1, 8, 0)
         fact = b"fact" + struct.pack("<II", 4, len(ulaw))
         body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + fact
         body += b"data" + struct.pack("<I", len(ulaw)) + ulaw + (b"\x00" if len(ulaw) & 1 else b"")
