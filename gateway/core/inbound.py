@@ -128,9 +128,9 @@ class InboundStream:
             self._take(timestamp_ms, chunk, n_bytes, fill_ms)
             return InboundVerdict("forward", fill_ms, "gap")
         if gap_samples < -self._tolerance_samples:
-            self._stale += 1
             self._stale_run += 1
             if self._stale_run < self._params.resync_after_stale_frames:
+                self._stale += 1
                 return InboundVerdict("drop", 0, "stale")
             # A peer whose clock jumped backwards for good: follow its new timeline rather than drop forever.
             self._resyncs += 1
