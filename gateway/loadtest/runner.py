@@ -26,7 +26,7 @@ from gateway.loadtest.scenario import Scenario, Turn
 from gateway.simulator.caller import CallerConfig, DialError, NetworkTrouble, SendDtmf, TwilioCaller
 from gateway.simulator.recording import CallRecord, write_stereo_wav
 
-__all__ = ["VOICE_PATH", "LoadTestConfig", "LoadTestResult", "Progress", "run_loadtest", "webhook_url_for"]
+__all__ = ["VOICE_PATH", "LoadTestConfig", "LoadTestResult", "Progress", "run_call", "run_loadtest", "webhook_url_for"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ async def run_loadtest(
 
     async def one(index: int, session: aiohttp.ClientSession) -> None:
         try:
-            result = await _run_one(config, index, t0, session)
+            result = await run_call(config, index, t0, session)
         finally:
             slots.release()
         results.append(result)
@@ -187,7 +187,9 @@ def _call_config(config: LoadTestConfig, index: int, scenario: Scenario) -> Call
     )
 
 
-async def _run_one(config: LoadTestConfig, index: int, t0: float, session: aiohttp.ClientSession) -> CallResult:
+async def run_call(config: LoadTestConfig, index: int, t0: float, session: aiohttp.ClientSession) -> CallResult:
+    """Place call ``index`` (scenario ``index % len(scenarios)``) on ``session`` and measure it; ``t0`` is the
+    loop time the run began at. Never raises for a failed call (see ``CallResult.failure``)."""
     loop = asyncio.get_running_loop()
     scenario = config.scenarios[index % len(config.scenarios)]
     caller_config = _call_config(config, index, scenario)
