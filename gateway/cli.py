@@ -65,6 +65,10 @@ async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Applica
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.rest[:1] == ["capacity"]:
+        from gateway.loadtest.capacity import main as capacity_main
+
+        return capacity_main(args.rest[1:])
     from gateway.bench import main as bench_main
 
     return bench_main(args.rest)  # options after `bench` are the benchmark's own (parse_known_args)
@@ -124,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate_evi)
 
     bench = sub.add_parser(
-        "bench", help="measure the audio path: µs per 20 ms frame and held-back ms", add_help=False
+        "bench",
+        help="audio path: µs per 20 ms frame and held-back ms; `bench capacity`: calls per core vs a plain relay",
+        add_help=False,
     )
     bench.set_defaults(func=_bench)
 

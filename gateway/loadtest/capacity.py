@@ -1,0 +1,682 @@
+"""``gateway bench capacity``: the most concurrent calls this machine bridges in time, next to the floor.
+
+Not a timed test: a sweep. For each concurrency level, first the floor relay
+(:mod:`gateway.loadtest.relay`), then the gateway carry the same calls for a fixed window, each in its own
+OS process, so its CPU time (``/proc/<pid>/stat`` utime + stime over the window) is its own. The EVI side
+is a sink process (or several sharing one port) and the callers run in their own processes too.
+
+Per call, every 20 ms, a caller sends one Twilio ``media`` frame whose μ-law payload is tagged with the
+call, the frame number and the send time (CLOCK_MONOTONIC, shared by all processes on Linux); the sink
+reads the tag back from the ``audio_input`` it receives. So the inbound latency is caller send → EVI
+receive, through the gateway or the relay, with everything between; frames lost are frames sent in the
+window that never arrived. The sink answers every call with a 24 kHz reply every few seconds, so the
+outbound path is loaded too; callers play what they receive at real time, echo marks, and count underruns
+(a playout gap shorter than 400 ms between two pieces of audio).
+
+A level passes when every call connected and stayed up, no frame was lost and the p99 through the gateway
+is under ``--max-p99-ms`` (10 ms); a failing level is run once more (``--retries``) before the sweep stops
+there, or at the time budget. With two CPUs or more, the server under test is pinned to the last CPU and
+everything else to the others, so "calls per core" means one core; the CPU time used by anything else on
+the machine during each window is reported as noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import binascii
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+
+from gateway.errors import ConfigError, GatewayError
+from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_callers, run_relay, run_sink
+
+__all__ = ["CapacityConfig", "CapacityReport", "LevelResult", "PathResult", "format_table", "main", "run_capacity"]
+
+GOAL_CPU_RATIO = 1.5
+GOAL_CALLS_PER_CORE = 200
+DEFAULT_LEVELS = (25, 50, 100, 150, 200, 250, 300, 400, 500)
+QUICK_LEVELS = (50, 150, 200, 250)
+_TOKEN_ENV = "CAPACITY_AUTH_TOKEN"
+_NS = 1_000_000_000
+_NOISY_SHARE = 0.1
+
+
+class CapacityRunError(GatewayError):
+    """The benchmark could not run (a child process died or never answered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityConfig:
+    """What to sweep and how long each run lasts."""
+
+    levels: tuple[int, ...] = DEFAULT_LEVELS
+    window_s: float = 20.0
+    settle_s: float = 3.0
+    dial_rate_per_s: float = 100.0
+    max_p99_ms: float = 10.0
+    budget_s: float = 600.0
+    caller_procs: int = 2
+    sink_procs: int = 1
+    reply_every_s: float = 6.0
+    reply_s: float = 2.0
+    reply_chunk_ms: int = 200
+    retries: int = 1
+    pin: bool = True
+    profile_out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.levels or any(n < 1 or n > 0xFFFF for n in self.levels):
+            raise ConfigError(f"levels must be 1..65535 calls, got {self.levels}")
+        for name in ("window_s", "dial_rate_per_s", "max_p99_ms", "budget_s", "reply_every_s", "reply_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if min(self.settle_s, self.retries) < 0 or min(self.caller_procs, self.sink_procs) < 1:
+            raise ConfigError("settle_s and retries must not be negative; caller/sink processes must be >= 1")
+        if self.reply_chunk_ms < 20:
+            raise ConfigError(f"reply chunks must be at least 20 ms, got {self.reply_chunk_ms}")
+        if self.reply_s >= self.reply_every_s:
+            raise ConfigError(f"a {self.reply_s} s reply does not fit in every {self.reply_every_s} s")
+
+    def run_s(self, calls: int) -> float:
+        """Estimated wall time of one path at ``calls`` (dial, settle, window, hang-up and idle)."""
+        return 0.5 + calls / self.dial_rate_per_s + self.settle_s + self.window_s + 2.5
+
+
+@dataclass(frozen=True, slots=True)
+class PathResult:
+    """One path (gateway or relay) at one level. Latencies are caller send → sink receive."""
+
+    calls: int
+    connected: int
+    closed_early: int
+    frames_sent: int
+    frames_received: int
+    frames_lost: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    cpu_ms_per_call_s: float
+    calls_per_core: float | None
+    server_core_share: float
+    callers_core_share: float
+    sinks_core_share: float
+    others_core_share: float
+    """CPU used on this machine by anything but the benchmark during the window: noise when not ~0."""
+    underruns: int
+    underrun_ms: float
+    heard_s: float
+    sequence_gaps: int
+    caller_max_lag_ms: float
+    dial_errors: int
+    dial_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LevelResult:
+    """Both paths at one level, and the verdict on the gateway."""
+
+    calls: int
+    relay: PathResult
+    gateway: PathResult
+    added_p50_ms: float | None
+    added_p99_ms: float | None
+    cpu_ratio: float | None
+    ok: bool
+    why: str
+    attempts: int = 1
+
+
+@dataclass
+class CapacityReport:
+    """The whole sweep."""
+
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    levels: list[LevelResult] = field(default_factory=list)
+    stopped: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, with the verdict."""
+        passing = [lvl for lvl in self.levels if lvl.ok]
+        best = passing[-1] if passing else None
+        per_core = best.gateway.calls_per_core if best else None
+        ratio = best.cpu_ratio if best else None
+        return {
+            "config": self.config,
+            "machine": self.machine,
+            "levels": [asdict(lvl) for lvl in self.levels],
+            "stopped": self.stopped,
+            "limit_calls": best.calls if best else None,
+            "calls_per_core": per_core,
+            "cpu_ratio_at_limit": ratio,
+            "goal": {
+                "cpu_ratio_max": GOAL_CPU_RATIO,
+                "calls_per_core_min": GOAL_CALLS_PER_CORE,
+                "met": bool(per_core and ratio and per_core >= GOAL_CALLS_PER_CORE and ratio <= GOAL_CPU_RATIO),
+            },
+        }
+
+
+# -------------------------------------------------------------------------------------- child processes
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a whole process (every thread), from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError as exc:
+        raise CapacityRunError(f"cannot read CPU time of process {pid} (needs Linux /proc): {exc}") from None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds every CPU of the machine spent not idle, from ``/proc/stat``."""
+    with open("/proc/stat", encoding="ascii") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _pin(servers: list[int], load: list[int]) -> str:
+    """Servers under test on the last CPU, everything else (and this process) on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "off (one CPU)"
+    for pid in servers:
+        os.sched_setaffinity(pid, cpus[-1:])
+    for pid in [*load, os.getpid()]:
+        os.sched_setaffinity(pid, cpus[:-1])
+    return f"server under test on CPU {cpus[-1]}, load generator and sink on CPUs {cpus[:-1]}"
+
+
+class _Child:
+    """One child process in its own process group, spoken to in JSON lines."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name, self.proc, self.log_path = name, proc, log_path
+
+    @classmethod
+    async def start(cls, name: str, role_args: list[str], log_dir: Path, env: dict[str, str]) -> _Child:
+        log_path = log_dir / f"{name}.log"
+        with _open_log(log_path) as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.loadtest.capacity", "--role", *role_args,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                start_new_session=True, limit=64 * 2**20, env={**os.environ, **env},
+            )  # fmt: skip
+        return cls(name, proc, log_path)
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+
+    async def read(self, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        except TimeoutError:
+            raise CapacityRunError(f"{self.name} did not answer within {timeout_s:.0f} s{self._tail()}") from None
+        if not line:
+            raise CapacityRunError(f"{self.name} exited (status {await self.proc.wait()}){self._tail()}")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def ask(self, command: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        self.send(command)
+        return await self.read(timeout_s)
+
+    def _tail(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()[-8:]
+            if lines:
+                return "; its log ends:\n    " + "\n    ".join(lines)
+        return ""
+
+    async def stop(self) -> None:
+        """Close stdin (the child exits), then kill the process group if it lingers."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 5)
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return open(path, "wb")  # noqa: SIM115  # closed by the caller's with-block
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------------- the sweep
+
+
+def _percentile_ms(histogram: dict[int, int], fraction: float) -> float | None:
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank, seen = fraction * (total - 1), 0
+    for bin_index in sorted(histogram):
+        seen += histogram[bin_index]
+        if seen > rank:
+            return (bin_index + 0.5) * LATENCY_BIN_NS / 1e6
+    return None  # unreachable: seen reaches total
+
+
+class _Sweep:
+    def __init__(
+        self, config: CapacityConfig, children: dict[str, list[_Child]], ports: dict[str, int], auth_token: str
+    ) -> None:
+        self.config, self.children, self.ports, self.auth_token = config, children, ports, auth_token
+
+    async def level(self, calls: int, attempts: int = 1) -> LevelResult:
+        relay = await self.path("relay", calls)
+        gateway = await self.path("gateway", calls)
+        added_p50 = _minus(gateway.p50_ms, relay.p50_ms)
+        added_p99 = _minus(gateway.p99_ms, relay.p99_ms)
+        ratio = gateway.cpu_ms_per_call_s / relay.cpu_ms_per_call_s if relay.cpu_ms_per_call_s > 0 else None
+        problems = []
+        if gateway.connected < calls or gateway.closed_early:
+            problems.append(f"{calls - gateway.connected} calls not connected, {gateway.closed_early} dropped")
+        if gateway.frames_lost:
+            problems.append(f"{gateway.frames_lost} frames lost")
+        if gateway.p99_ms is None or gateway.p99_ms >= self.config.max_p99_ms:
+            problems.append(f"p99 {gateway.p99_ms} ms >= {self.config.max_p99_ms:g} ms")
+        return LevelResult(
+            calls, relay, gateway, added_p50, added_p99, ratio, not problems, "; ".join(problems), attempts
+        )
+
+    async def path(self, path: str, calls: int) -> PathResult:
+        cfg = self.config
+        server = self.children[path][0]
+        callers, sinks = self.children["callers"], self.children["sinks"]
+        now_ns = time.monotonic_ns()
+        dial_start_ns = now_ns + _NS // 2
+        ramp_ns = int(calls / cfg.dial_rate_per_s * _NS)
+        window_start_ns = dial_start_ns + ramp_ns + int(cfg.settle_s * _NS)
+        window_end_ns = window_start_ns + int(cfg.window_s * _NS)
+        hangup_ns = window_end_ns + _NS // 5
+        for sink in sinks:
+            await sink.ask({"cmd": "window", "start_ns": window_start_ns, "end_ns": window_end_ns})
+        for p, caller in enumerate(callers):
+            indices = list(range(p, calls, len(callers)))
+            caller.send({
+                "cmd": "run", "target": f"http://127.0.0.1:{self.ports[path]}", "auth_token": self.auth_token,
+                "indices": indices, "dial_at_ns": [dial_start_ns + i * ramp_ns // calls for i in indices],
+                "window_start_ns": window_start_ns, "window_end_ns": window_end_ns, "hangup_ns": hangup_ns,
+            })  # fmt: skip
+        pids = [child.proc.pid for child in (server, *callers, *sinks)] + [os.getpid()]
+        await asyncio.sleep(max(0.0, (window_start_ns - time.monotonic_ns()) / _NS))
+        cpu0, busy0 = [_cpu_s(pid) for pid in pids], _machine_busy_s()
+        await asyncio.sleep(max(0.0, (window_end_ns - time.monotonic_ns()) / _NS))
+        cpu_used = [_cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
+        others_s = max(0.0, _machine_busy_s() - busy0 - sum(cpu_used))
+        parts = [await caller.read(timeout_s=60 + calls / 10) for caller in callers]
+        sent = sum(p["frames_sent"] for p in parts)
+        reports = await self._sink_reports(sent)
+        await self._wait_idle(self.ports[path])
+        histogram: dict[int, int] = {}
+        for report in reports:
+            for key, count in report["histogram"].items():
+                histogram[int(key)] = histogram.get(int(key), 0) + count
+        received = sum(r["received"] for r in reports)
+        call_s = sum(p["call_s_window"] for p in parts)
+        cpu_ms = cpu_used[0] * 1000 / call_s if call_s else 0.0
+        return PathResult(
+            calls=calls,
+            connected=sum(p["connected"] for p in parts),
+            closed_early=sum(p["closed_early"] for p in parts),
+            frames_sent=sent,
+            frames_received=received,
+            frames_lost=max(0, sent - received),
+            p50_ms=_percentile_ms(histogram, 0.50),
+            p99_ms=_percentile_ms(histogram, 0.99),
+            max_ms=(max(histogram) + 1) * LATENCY_BIN_NS / 1e6 if histogram else None,
+            cpu_ms_per_call_s=cpu_ms,
+            calls_per_core=1000 / cpu_ms if cpu_ms else None,
+            server_core_share=cpu_used[0] / cfg.window_s,
+            callers_core_share=sum(cpu_used[1 : 1 + len(callers)]) / cfg.window_s,
+            sinks_core_share=sum(cpu_used[1 + len(callers) : -1]) / cfg.window_s,
+            others_core_share=others_s / cfg.window_s,
+            underruns=sum(p["underruns"] for p in parts),
+            underrun_ms=sum(p["underrun_ms"] for p in parts),
+            heard_s=sum(p["heard_s"] for p in parts),
+            sequence_gaps=sum(r["gaps"] for r in reports),
+            caller_max_lag_ms=max(p["max_lag_ms"] for p in parts),
+            dial_errors=sum(p["dial_errors"] for p in parts),
+            dial_error=next((p["dial_error"] for p in parts if p["dial_error"]), None),
+        )
+
+    async def _sink_reports(self, sent: int) -> list[dict[str, Any]]:
+        """The sinks' counts, asked again for up to 3 s while frames are still arriving."""
+        deadline_s = time.monotonic() + 3.0
+        while True:
+            reports = [await sink.ask({"cmd": "report"}) for sink in self.children["sinks"]]
+            if sum(r["received"] for r in reports) >= sent or time.monotonic() >= deadline_s:
+                return reports
+            await asyncio.sleep(0.2)
+
+    async def _wait_idle(self, port: int) -> None:
+        """Until the server reports no active call (at most 15 s), so runs do not overlap."""
+        async with aiohttp.ClientSession() as http:
+            deadline_s = time.monotonic() + 15.0
+            while time.monotonic() < deadline_s:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if (await resp.json())["active_calls"] == 0:
+                            return
+                await asyncio.sleep(0.2)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] | None = None) -> CapacityReport:
+    """Start the processes, sweep the levels, stop everything; ``progress(text)`` hears each step."""
+    say = progress or (lambda text: None)
+    report = CapacityReport(
+        config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    )
+    auth_token = binascii.hexlify(os.urandom(16)).decode()
+    env = {_TOKEN_ENV: auth_token}
+    life = ["--max-life-s", str(config.budget_s + 300)]
+    started: list[_Child] = []
+    affinity = os.sched_getaffinity(0)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gateway-capacity-") as tmp:
+        log_dir = Path(tmp)
+        try:
+            sink_port = _free_port()
+            sink_args = [
+                "sink", "--port", str(sink_port), "--reply-every-s", str(config.reply_every_s),
+                "--reply-s", str(config.reply_s), "--chunk-ms", str(config.reply_chunk_ms), *life,
+            ]  # fmt: skip
+            sinks = [await _Child.start(f"sink{i}", sink_args, log_dir, env) for i in range(config.sink_procs)]
+            started += sinks
+            sink_url = f"ws://127.0.0.1:{sink_port}/v0/evi/chat"
+            profile = ["--profile-out", str(config.profile_out)] if config.profile_out else []
+            gateway = await _Child.start("gateway", ["gateway", "--sink-url", sink_url, *profile, *life], log_dir, env)
+            relay = await _Child.start("relay", ["relay", "--sink-url", sink_url, *life], log_dir, env)
+            callers = [
+                await _Child.start(f"callers{i}", ["callers", *life], log_dir, env) for i in range(config.caller_procs)
+            ]
+            started += [gateway, relay, *callers]
+            ports = {}
+            for child in [*sinks, gateway, relay]:
+                ports[child.name] = int((await child.read(timeout_s=30))["port"])
+            if config.pin:
+                load = [child.proc.pid for child in (*sinks, *callers)]
+                report.machine["pinning"] = _pin([gateway.proc.pid, relay.proc.pid], load)
+            roles = {"gateway": [gateway], "relay": [relay], "callers": callers, "sinks": sinks}
+            sweep = _Sweep(config, roles, ports, auth_token)
+            report.stopped = await _sweep_levels(config, sweep, report, t0, say)
+        finally:
+            await asyncio.gather(*(child.stop() for child in started))
+            os.sched_setaffinity(0, affinity)
+    return report
+
+
+async def _sweep_levels(
+    config: CapacityConfig, sweep: _Sweep, report: CapacityReport, t0: float, say: Callable[[str], None]
+) -> str:
+    """Run the levels in order; a failing level is run again up to ``retries`` times (noisy machines)."""
+    for calls in config.levels:
+        level: LevelResult | None = None
+        for attempt in range(1, config.retries + 2):
+            if time.monotonic() - t0 + 2 * config.run_s(calls) > config.budget_s:
+                break
+            say(f"{calls} calls{f' (attempt {attempt})' if attempt > 1 else ''} …")
+            level = await sweep.level(calls, attempt)
+            say(_level_lines(level))
+            if level.ok:
+                break
+        if level is None:
+            return f"time budget: {calls} calls would end after {config.budget_s:g} s"
+        report.levels.append(level)
+        if not level.ok:
+            return f"{calls} calls failed: {level.why}"
+    return "all levels passed"
+
+
+# ----------------------------------------------------------------------------------------- the report
+
+_HEADER = (
+    f"{'calls':>5}  {'path':<8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'lost/sent':<14}"
+    f"{'cpu ms/call·s':>14}{'calls/core':>11}{'core':>7}{'load-gen':>9}{'other':>7}{'underruns':>10}"
+)
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _path_line(name: str, r: PathResult) -> str:
+    return (
+        f"{r.calls:>5}  {name:<8}{_f(r.p50_ms):>8}{_f(r.p99_ms):>8}{_f(r.max_ms, 1):>8}  "
+        f"{f'{r.frames_lost}/{r.frames_sent}':<14}{_f(r.cpu_ms_per_call_s, 3):>14}{_f(r.calls_per_core, 0):>11}"
+        f"{r.server_core_share:>6.0%} {r.callers_core_share + r.sinks_core_share:>8.0%}"
+        f"{r.others_core_share:>7.0%}{r.underruns:>10}"
+    )
+
+
+def _level_lines(level: LevelResult) -> str:
+    verdict = ("ok" if level.ok else f"FAIL: {level.why}") + (
+        f" (attempt {level.attempts})" if level.attempts > 1 else ""
+    )
+    added = f"p50 {_f(level.added_p50_ms)} ms, p99 {_f(level.added_p99_ms)} ms"
+    return (
+        f"{_path_line('relay', level.relay)}\n{_path_line('gateway', level.gateway)}\n"
+        f"{'':>7}gateway − relay: {added}; CPU × {_f(level.cpu_ratio)}   {verdict}"
+    )
+
+
+def format_table(report: CapacityReport) -> str:
+    """The sweep as a plain-text table with the verdict."""
+    c = report.config
+    data = report.as_dict()
+    lines = [
+        f"gateway bench capacity: {report.machine['cpus']} CPUs, Python {report.machine['python']}; "
+        f"{c['window_s']:g} s window per run, a {c['reply_s']:g} s reply every {c['reply_every_s']:g} s per call",
+        "latency: caller send → EVI-side receive; core: the server's share of one CPU; load-gen: callers + sink; "
+        "other: CPU used by anything else on the machine (noise)",
+        f"pinning: {report.machine.get('pinning', 'off')}",
+        _HEADER,
+        *(_level_lines(level) for level in report.levels),
+        f"stopped: {report.stopped}",
+    ]
+    noise = max((lvl.relay.others_core_share for lvl in report.levels), default=0.0)
+    noise = max([noise, *(lvl.gateway.others_core_share for lvl in report.levels)])
+    if noise > _NOISY_SHARE:
+        lines.append(
+            f"warning: other processes used up to {noise:.0%} of a CPU during a window: "
+            "latency and CPU figures are noisy"
+        )
+    if data["limit_calls"] is None:
+        lines.append(f"limit: no level passed (p99 < {c['max_p99_ms']:g} ms, 0 frames lost)")
+    else:
+        lines.append(
+            f"limit: {data['limit_calls']} calls with p99 < {c['max_p99_ms']:g} ms and 0 frames lost; there the "
+            f"gateway's CPU per call-second allows {_f(data['calls_per_core'], 0)} calls per core and is "
+            f"{_f(data['cpu_ratio_at_limit'])} × the floor relay's (goal ≤ {GOAL_CPU_RATIO:g} ×, "
+            f"≥ {GOAL_CALLS_PER_CORE} calls/core: {'met' if data['goal']['met'] else 'not met'})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ command lines
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be whole numbers separated by commas, got {text!r}") from None
+    if not levels or sorted(levels) != list(levels) or levels[0] < 1:
+        raise argparse.ArgumentTypeError(f"levels must be increasing and at least 1, got {text!r}")
+    return levels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway bench capacity`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="gateway bench capacity",
+        description="Sweep concurrent calls through the gateway and a plain relay (the floor): latency, "
+        "frames lost, CPU per call-second. Linux only (reads /proc).",
+    )
+    p.add_argument("--quick", action="store_true", help=f"levels {QUICK_LEVELS}, 6 s windows, 150 s budget")
+    p.add_argument("--levels", type=_levels, help=f"calls per level, increasing (default {DEFAULT_LEVELS})")
+    p.add_argument("--window-s", type=float, help="measured seconds per run (default 20, quick 6)")
+    p.add_argument("--settle-s", type=float, help="seconds between the last dial and the window (default 3)")
+    p.add_argument("--budget-s", type=float, help="stop before a level that would end later (default 600)")
+    p.add_argument("--max-p99-ms", type=float, default=10.0, help="p99 limit through the gateway (default 10)")
+    p.add_argument("--caller-procs", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument("--sink-procs", type=int, default=1, help="EVI-side sink processes (default 1)")
+    p.add_argument("--reply-every-s", type=float, default=6.0, help="one reply per call this often (default 6)")
+    p.add_argument("--reply-s", type=float, default=2.0, help="length of each reply (default 2)")
+    p.add_argument("--retries", type=int, default=1, help="run a failing level again this often (default 1)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the server under test to its own CPU")
+    p.add_argument("--json-out", type=Path, help="write the full results as JSON here")
+    p.add_argument("--profile-gateway", type=Path, help="run the gateway under cProfile, write pstats here")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> CapacityConfig:
+    """Defaults, ``--quick`` presets, then explicit options."""
+    quick = args.quick
+    return CapacityConfig(
+        levels=args.levels or (QUICK_LEVELS if quick else DEFAULT_LEVELS),
+        window_s=args.window_s or (6.0 if quick else 20.0),
+        settle_s=args.settle_s if args.settle_s is not None else (2.0 if quick else 3.0),
+        budget_s=args.budget_s or (150.0 if quick else 600.0),
+        max_p99_ms=args.max_p99_ms,
+        caller_procs=args.caller_procs,
+        sink_procs=args.sink_procs,
+        reply_every_s=args.reply_every_s,
+        reply_s=args.reply_s,
+        retries=args.retries,
+        pin=not args.no_pin,
+        profile_out=args.profile_gateway,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``gateway bench capacity``; 0 when the sweep ran (whatever it found), 1 if it could not, 2 bad input."""
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    except ConfigError as exc:
+        print(f"gateway bench capacity: {exc}", file=sys.stderr)
+        return 2
+    if args.json_out is not None and not args.json_out.parent.is_dir():
+        print(f"gateway bench capacity: folder {args.json_out.parent} does not exist", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(run_capacity(config, progress=lambda text: print(text, file=sys.stderr, flush=True)))
+    except CapacityRunError as exc:
+        print(f"gateway bench capacity: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_table(report))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    if config.profile_out is not None:
+        _print_profile(config.profile_out)
+    return 0
+
+
+def _print_profile(path: Path) -> None:
+    import pstats
+
+    if path.exists():
+        print(f"\ngateway profile ({path}; CPU numbers above include the profiler's overhead):")
+        pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(25)
+
+
+# ---------------------------------------------------------------------------------- the child roles
+
+
+async def _run_gateway_child(sink_url: str) -> None:
+    from gateway.simulator.harness import running_gateway
+
+    async with running_gateway(
+        sink_url, auth_token=os.environ[_TOKEN_ENV], hume_api_key="capacity-key", max_concurrent_calls=100_000
+    ) as gw:
+        answer({"port": gw.port})
+        async for _command in command_lines():
+            pass
+
+
+def _child_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="capacity child")
+    p.add_argument("role", choices=("gateway", "relay", "sink", "callers"))
+    p.add_argument("--sink-url")
+    p.add_argument("--port", type=int)
+    p.add_argument("--reply-every-s", type=float)
+    p.add_argument("--reply-s", type=float)
+    p.add_argument("--chunk-ms", type=int)
+    p.add_argument("--profile-out")
+    p.add_argument("--max-life-s", type=float, default=900.0)
+    args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    role = {
+        "gateway": lambda: _run_gateway_child(args.sink_url),
+        "relay": lambda: run_relay(sink_url=args.sink_url, auth_token=os.environ[_TOKEN_ENV]),
+        "sink": lambda: run_sink(
+            args.port, reply_every_s=args.reply_every_s, reply_s=args.reply_s, chunk_ms=args.chunk_ms, rate_hz=24000
+        ),
+        "callers": run_callers,
+    }[args.role]
+
+    async def bounded() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.max_life_s):
+                await role()
+
+    profiler = None
+    if args.profile_out:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        asyncio.run(bounded())
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile_out)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--role"]:
+        sys.exit(_child_main(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
