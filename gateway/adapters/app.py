@@ -9,15 +9,16 @@ and the WebSocket upgrade must carry a valid ``X-Twilio-Signature``; otherwise 4
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.adapters.evi_client import EviConnector
-from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line
+from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line, tick_calls
 from gateway.core.call import Call
 from gateway.settings import Settings
 from gateway.wire.stream_token import StreamTokens
@@ -72,8 +73,18 @@ def make_app(
     app.router.add_get(MEDIA_PATH, media_stream)
     app.router.add_post(STATUS_PATH, stream_status)
     app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(_ticker)
     app.on_shutdown.append(_close_calls)
     return app
+
+
+async def _ticker(app: web.Application) -> AsyncIterator[None]:
+    """Start the one ticker that paces every call's playout and deadlines; stop it at clean-up."""
+    task = asyncio.create_task(tick_calls(app[STATE].active_calls), name="call-ticker")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _public_base(request: web.Request) -> str:
