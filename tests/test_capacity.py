@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway.codecs.g711 import ulaw_to_pcm16
 from gateway.loadtest.capacity import CapacityConfig, format_table, main, run_capacity
-from gateway.loadtest.relay import FILLER_B64, TAG_BYTES, SinkStats, decode_tag, encode_tag, tagged_media
+from gateway.loadtest.capacity_callers import tagged_media
+from gateway.loadtest.relay import FILLER_B64, TAG_BYTES, SinkStats, decode_tag, encode_tag
 from gateway.wire.evi_codec import EviCodec
 from gateway.wire.twilio_media import inbound_media_message
 

@@ -30,20 +30,20 @@ import json
 import os
 import platform
 import resource
-import signal
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 
-from gateway.errors import ConfigError, GatewayError
-from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_callers, run_relay, run_sink
+from gateway.errors import ConfigError
+from gateway.loadtest.capacity_callers import run_callers
+from gateway.loadtest.capacity_procs import CapacityRunError, Child, cpu_s, free_port, machine_busy_s, pin_processes
+from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_relay, run_sink
 
 __all__ = ["CapacityConfig", "CapacityReport", "LevelResult", "PathResult", "format_table", "main", "run_capacity"]
 
@@ -54,10 +54,6 @@ QUICK_LEVELS = (50, 150, 200, 250)
 _TOKEN_ENV = "CAPACITY_AUTH_TOKEN"
 _NS = 1_000_000_000
 _NOISY_SHARE = 0.1
-
-
-class CapacityRunError(GatewayError):
-    """The benchmark could not run (a child process died or never answered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,104 +168,6 @@ class CapacityReport:
         }
 
 
-# -------------------------------------------------------------------------------------- child processes
-
-
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (every thread), from ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError as exc:
-        raise CapacityRunError(f"cannot read CPU time of process {pid} (needs Linux /proc): {exc}") from None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds every CPU of the machine spent not idle, from ``/proc/stat``."""
-    with open("/proc/stat", encoding="ascii") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _pin(servers: list[int], load: list[int]) -> str:
-    """Servers under test on the last CPU, everything else (and this process) on the others."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return "off (one CPU)"
-    for pid in servers:
-        os.sched_setaffinity(pid, cpus[-1:])
-    for pid in [*load, os.getpid()]:
-        os.sched_setaffinity(pid, cpus[:-1])
-    return f"server under test on CPU {cpus[-1]}, load generator and sink on CPUs {cpus[:-1]}"
-
-
-class _Child:
-    """One child process in its own process group, spoken to in JSON lines."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name, self.proc, self.log_path = name, proc, log_path
-
-    @classmethod
-    async def start(cls, name: str, role_args: list[str], log_dir: Path, env: dict[str, str]) -> _Child:
-        log_path = log_dir / f"{name}.log"
-        with _open_log(log_path) as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.loadtest.capacity", "--role", *role_args,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True, limit=64 * 2**20, env={**os.environ, **env},
-            )  # fmt: skip
-        return cls(name, proc, log_path)
-
-    def send(self, command: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(command) + "\n").encode())
-
-    async def read(self, timeout_s: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
-        except TimeoutError:
-            raise CapacityRunError(f"{self.name} did not answer within {timeout_s:.0f} s{self._tail()}") from None
-        if not line:
-            raise CapacityRunError(f"{self.name} exited (status {await self.proc.wait()}){self._tail()}")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    async def ask(self, command: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-        self.send(command)
-        return await self.read(timeout_s)
-
-    def _tail(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()[-8:]
-            if lines:
-                return "; its log ends:\n    " + "\n    ".join(lines)
-        return ""
-
-    async def stop(self) -> None:
-        """Close stdin (the child exits), then kill the process group if it lingers."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), 5)
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
-
-
-def _open_log(path: Path) -> BinaryIO:
-    return open(path, "wb")  # noqa: SIM115  # closed by the caller's with-block
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # ----------------------------------------------------------------------------------------- the sweep
 
 
@@ -287,7 +185,7 @@ def _percentile_ms(histogram: dict[int, int], fraction: float) -> float | None:
 
 class _Sweep:
     def __init__(
-        self, config: CapacityConfig, children: dict[str, list[_Child]], ports: dict[str, int], auth_token: str
+        self, config: CapacityConfig, children: dict[str, list[Child]], ports: dict[str, int], auth_token: str
     ) -> None:
         self.config, self.children, self.ports, self.auth_token = config, children, ports, auth_token
 
@@ -329,10 +227,10 @@ class _Sweep:
             })  # fmt: skip
         pids = [child.proc.pid for child in (server, *callers, *sinks)] + [os.getpid()]
         await asyncio.sleep(max(0.0, (window_start_ns - time.monotonic_ns()) / _NS))
-        cpu0, busy0 = [_cpu_s(pid) for pid in pids], _machine_busy_s()
+        cpu0, busy0 = [cpu_s(pid) for pid in pids], machine_busy_s()
         await asyncio.sleep(max(0.0, (window_end_ns - time.monotonic_ns()) / _NS))
-        cpu_used = [_cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
-        others_s = max(0.0, _machine_busy_s() - busy0 - sum(cpu_used))
+        cpu_used = [cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
+        others_s = max(0.0, machine_busy_s() - busy0 - sum(cpu_used))
         parts = [await caller.read(timeout_s=60 + calls / 10) for caller in callers]
         sent = sum(p["frames_sent"] for p in parts)
         reports = await self._sink_reports(sent)
@@ -404,25 +302,25 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
     auth_token = binascii.hexlify(os.urandom(16)).decode()
     env = {_TOKEN_ENV: auth_token}
     life = ["--max-life-s", str(config.budget_s + 300)]
-    started: list[_Child] = []
+    started: list[Child] = []
     affinity = os.sched_getaffinity(0)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gateway-capacity-") as tmp:
         log_dir = Path(tmp)
         try:
-            sink_port = _free_port()
+            sink_port = free_port()
             sink_args = [
                 "sink", "--port", str(sink_port), "--reply-every-s", str(config.reply_every_s),
                 "--reply-s", str(config.reply_s), "--chunk-ms", str(config.reply_chunk_ms), *life,
             ]  # fmt: skip
-            sinks = [await _Child.start(f"sink{i}", sink_args, log_dir, env) for i in range(config.sink_procs)]
+            sinks = [await Child.start(f"sink{i}", sink_args, log_dir, env) for i in range(config.sink_procs)]
             started += sinks
             sink_url = f"ws://127.0.0.1:{sink_port}/v0/evi/chat"
             profile = ["--profile-out", str(config.profile_out)] if config.profile_out else []
-            gateway = await _Child.start("gateway", ["gateway", "--sink-url", sink_url, *profile, *life], log_dir, env)
-            relay = await _Child.start("relay", ["relay", "--sink-url", sink_url, *life], log_dir, env)
+            gateway = await Child.start("gateway", ["gateway", "--sink-url", sink_url, *profile, *life], log_dir, env)
+            relay = await Child.start("relay", ["relay", "--sink-url", sink_url, *life], log_dir, env)
             callers = [
-                await _Child.start(f"callers{i}", ["callers", *life], log_dir, env) for i in range(config.caller_procs)
+                await Child.start(f"callers{i}", ["callers", *life], log_dir, env) for i in range(config.caller_procs)
             ]
             started += [gateway, relay, *callers]
             ports = {}
@@ -430,7 +328,7 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
                 ports[child.name] = int((await child.read(timeout_s=30))["port"])
             if config.pin:
                 load = [child.proc.pid for child in (*sinks, *callers)]
-                report.machine["pinning"] = _pin([gateway.proc.pid, relay.proc.pid], load)
+                report.machine["pinning"] = pin_processes([gateway.proc.pid, relay.proc.pid], load)
             roles = {"gateway": [gateway], "relay": [relay], "callers": callers, "sinks": sinks}
             sweep = _Sweep(config, roles, ports, auth_token)
             report.stopped = await _sweep_levels(config, sweep, report, t0, say)
