@@ -24,41 +24,11 @@ from gateway.loadtest.report import report_dict, summary_table
 from gateway.loadtest.runner import LoadTestConfig, LoadTestResult, run_loadtest, webhook_url_for
 from gateway.loadtest.scenario import Scenario, ScenarioError, SplitParams, load_folder, split_utterances
 from gateway.simulator.caller import NetworkTrouble
-from gateway.simulator.evi import EviSession, EviSimulator
+from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.recording import CallRecord, SpeechSegment, write_wav
+from gateway.simulator.responder import LOUD_RMS, energy_responder
 from gateway.simulator.wavgen import speechlike_pcm16
-
-AGENT_RATE_HZ = 24000
-GREETING_MS = 600
-REPLY_MS = 1500
-LOUD_RMS = 500.0
-QUIET_FOR_BYTES = 300 * 16  # 300 ms of linear16 at 8 kHz
-BLIP_BYTES = 40 * 16
-
-
-def rms(pcm16: bytes) -> float:
-    """Root-mean-square level of 16-bit PCM."""
-    samples = np.frombuffer(pcm16, "<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
-
-
-async def responder(session: EviSession) -> None:
-    """A tiny scripted agent: greets, answers each caller utterance once the caller has been quiet for
-    300 ms, and yields (``interrupt``) when the caller talks while its reply may still be playing."""
-    loop = asyncio.get_running_loop()
-    await session.wait_message("session_settings")
-    await session.say(speechlike_pcm16(GREETING_MS, AGENT_RATE_HZ, seed=1), AGENT_RATE_HZ)
-    reply_until_s = loop.time() + GREETING_MS / 1000 + 0.5
-    while True:
-        while rms(bytes(session.audio_pcm[-BLIP_BYTES:])) < LOUD_RMS:
-            await session.wait_audio_ms(session.audio_ms + 20, 60)
-        if loop.time() < reply_until_s:
-            await session.interrupt()
-        while rms(bytes(session.audio_pcm[-QUIET_FOR_BYTES:])) >= LOUD_RMS:
-            await session.wait_audio_ms(session.audio_ms + 20, 60)
-        await session.say(speechlike_pcm16(REPLY_MS, AGENT_RATE_HZ, seed=2), AGENT_RATE_HZ)
-        reply_until_s = loop.time() + REPLY_MS / 1000 + 0.5
 
 
 def speech_then_silence(parts_ms: list[int], gap_ms: int, rate_hz: int) -> bytes:
@@ -113,7 +83,7 @@ def barge_in_folder(root: Path) -> Path:
 @pytest.fixture(name="agent_gateway")
 async def fixture_agent_gateway() -> AsyncIterator[RunningGateway]:
     """The gateway (signatures enforced, room for 16 calls) bridged to a simulator running ``responder``."""
-    async with EviSimulator(agent=responder) as sim, running_gateway(sim.url, max_concurrent_calls=16) as gw:
+    async with EviSimulator(agent=energy_responder) as sim, running_gateway(sim.url, max_concurrent_calls=16) as gw:
         yield gw
         assert gw.state.active_calls == set(), "a call is still running after the load test"
         assert all(s.closed.is_set() for s in sim.sessions), "an EVI session was left open"

@@ -17,13 +17,13 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import gateway.loadtest
-from gateway.simulator.evi import EviSession, EviSimulator
+from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.recording import write_wav
+from gateway.simulator.responder import energy_responder
 from gateway.simulator.wavgen import speechlike_pcm16
 
 pytestmark = pytest.mark.skipif(
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.skipif(
 
 LOCUSTFILE = Path(gateway.loadtest.__file__).parent / "locust_user.py"
 REPO = Path(gateway.loadtest.__file__).parent.parent.parent
-AGENT_RATE_HZ = 24000
-GREETING_MS = 600
-REPLY_MS = 1500
-LOUD_RMS = 500.0
-QUIET_FOR_BYTES = 300 * 16  # 300 ms of linear16 at 8 kHz
-BLIP_BYTES = 40 * 16
 RUN_LIMIT_S = 40.0
 
 BARGE_IN = """
@@ -59,30 +53,6 @@ wait_for_agent = true
 [[turn]]
 wait_for_agent = true
 """
-
-
-def rms(pcm16: bytes) -> float:
-    """Root-mean-square level of 16-bit PCM."""
-    samples = np.frombuffer(pcm16, "<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
-
-
-async def responder(session: EviSession) -> None:
-    """A scripted agent: greets, answers each caller utterance after 300 ms of quiet, and yields
-    (``interrupt``) when the caller talks while its reply may still be playing."""
-    loop = asyncio.get_running_loop()
-    await session.wait_message("session_settings")
-    await session.say(speechlike_pcm16(GREETING_MS, AGENT_RATE_HZ, seed=1), AGENT_RATE_HZ)
-    reply_until_s = loop.time() + GREETING_MS / 1000 + 0.5
-    while True:
-        while rms(bytes(session.audio_pcm[-BLIP_BYTES:])) < LOUD_RMS:
-            await session.wait_audio_ms(session.audio_ms + 20, 60)
-        if loop.time() < reply_until_s:
-            await session.interrupt()
-        while rms(bytes(session.audio_pcm[-QUIET_FOR_BYTES:])) >= LOUD_RMS:
-            await session.wait_audio_ms(session.audio_ms + 20, 60)
-        await session.say(speechlike_pcm16(REPLY_MS, AGENT_RATE_HZ, seed=2), AGENT_RATE_HZ)
-        reply_until_s = loop.time() + REPLY_MS / 1000 + 0.5
 
 
 def speech_then_silence(parts_ms: list[int], gap_ms: int, seed: int) -> bytes:
@@ -166,7 +136,7 @@ async def settle(predicate: object, timeout_s: float = 3.0) -> None:
 @pytest.fixture(name="agent")
 async def fixture_agent() -> AsyncIterator[tuple[RunningGateway, EviSimulator]]:
     """The gateway (signatures enforced) bridged to a simulator running ``responder``."""
-    async with EviSimulator(agent=responder) as sim, running_gateway(sim.url, max_concurrent_calls=8) as gw:
+    async with EviSimulator(agent=energy_responder) as sim, running_gateway(sim.url, max_concurrent_calls=8) as gw:
         yield gw, sim
         await settle(lambda: not gw.state.active_calls)
         assert gw.state.active_calls == set(), "a call is still running after the Locust run"
