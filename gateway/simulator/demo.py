@@ -204,6 +204,11 @@ async def run_demo(
         await agent.prepare()
         voice_name = f"{agent.synthesizer.name if agent.synthesizer else '-'} / {agent.recognizer.name}"
         log(f"agent voice: {voice_name}")
+        if not agent.recognizer.real:
+            log(
+                "warning: the agent has no speech recognition, so it cannot follow the demo's script "
+                "(story, barge-in, goodbye); install the 'voice' extra: pip install -e '.[voice]'"
+            )
         log(f"gateway on {gw.base_url} (Twilio signatures enforced), EVI agent on {sim.url}")
         caller_config = CallerConfig(
             webhook_url=gw.webhook_url,
