@@ -27,26 +27,8 @@ from gateway.simulator.caller import NetworkTrouble
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.recording import CallRecord, SpeechSegment, write_wav
-from gateway.simulator.responder import LOUD_RMS, energy_responder
+from gateway.simulator.responder import BARGE_IN_SCENARIO, LOUD_RMS, energy_responder, speech_then_silence
 from gateway.simulator.wavgen import speechlike_pcm16
-
-
-def speech_then_silence(parts_ms: list[int], gap_ms: int, rate_hz: int) -> bytes:
-    """Speech-like stretches of the given lengths with ``gap_ms`` of digital silence between them."""
-    silence = b"\x00\x00" * (rate_hz * gap_ms // 1000)
-    return silence.join(speechlike_pcm16(ms, rate_hz, seed=10 + i) for i, ms in enumerate(parts_ms))
-
-
-BARGE_IN_BY_SILENCE = """
-agent_silence_ms = 500
-hangup_after_last_turn_ms = 800
-[[turn]]
-wait_for_agent = true
-[[turn]]
-barge_in_after_ms = 400
-[[turn]]
-wait_for_agent = true
-"""
 
 BARGE_IN_BY_SEGMENTS = """
 agent_silence_ms = 500
@@ -74,7 +56,7 @@ def barge_in_folder(root: Path) -> Path:
     folder.mkdir()
     pcm = speech_then_silence([600, 1000, 500], 500, 16000)
     write_wav(folder / "a.wav", pcm, 16000)
-    (folder / "a.toml").write_text(BARGE_IN_BY_SILENCE)
+    (folder / "a.toml").write_text(BARGE_IN_SCENARIO)
     (folder / "b.ulaw").write_bytes(pcm16_to_ulaw(speech_then_silence([600, 1000, 500], 500, 8000)))
     (folder / "b.toml").write_text(BARGE_IN_BY_SEGMENTS)
     return folder

@@ -23,8 +23,7 @@ import gateway.loadtest
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.recording import write_wav
-from gateway.simulator.responder import energy_responder
-from gateway.simulator.wavgen import speechlike_pcm16
+from gateway.simulator.responder import BARGE_IN_SCENARIO, energy_responder, speech_then_silence
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("locust") is None, reason="locust is not installed (pip install locust)"
@@ -33,17 +32,6 @@ pytestmark = pytest.mark.skipif(
 LOCUSTFILE = Path(gateway.loadtest.__file__).parent / "locust_user.py"
 REPO = Path(gateway.loadtest.__file__).parent.parent.parent
 RUN_LIMIT_S = 40.0
-
-BARGE_IN = """
-agent_silence_ms = 500
-hangup_after_last_turn_ms = 800
-[[turn]]
-wait_for_agent = true
-[[turn]]
-barge_in_after_ms = 400
-[[turn]]
-wait_for_agent = true
-"""
 
 HANGS_UP_BEFORE_THE_LAST_REPLY = """
 agent_silence_ms = 500
@@ -55,18 +43,12 @@ wait_for_agent = true
 """
 
 
-def speech_then_silence(parts_ms: list[int], gap_ms: int, seed: int) -> bytes:
-    """Speech-like stretches at 8 kHz with ``gap_ms`` of digital silence between them."""
-    silence = b"\x00\x00" * (8 * gap_ms)
-    return silence.join(speechlike_pcm16(ms, 8000, seed=seed + i) for i, ms in enumerate(parts_ms))
-
-
 def recordings(root: Path) -> Path:
     """``a``: three turns with a barge-in; ``b``: two turns, hanging up before the last reply can come."""
     folder = root / "recordings"
     folder.mkdir()
     write_wav(folder / "a.wav", speech_then_silence([600, 1000, 500], 500, seed=10), 8000)
-    (folder / "a.toml").write_text(BARGE_IN)
+    (folder / "a.toml").write_text(BARGE_IN_SCENARIO)
     write_wav(folder / "b.wav", speech_then_silence([1000, 500], 500, seed=20), 8000)
     (folder / "b.toml").write_text(HANGS_UP_BEFORE_THE_LAST_REPLY)
     return folder
