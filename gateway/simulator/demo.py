@@ -21,7 +21,7 @@ import numpy as np
 
 from gateway.codecs.g711 import ulaw_to_pcm16
 from gateway.errors import ConfigError, GatewayError
-from gateway.simulator.agent import AgentConfig, VoiceAgent
+from gateway.simulator.agent import AgentConfig
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import running_gateway
@@ -103,11 +103,9 @@ def _loud_span_ms(ulaw: bytes) -> tuple[float, float]:
 class DemoCall:
     """Drives the caller through the demo lines and measures each turn."""
 
-    def __init__(self, caller: TwilioCaller, agent: VoiceAgent, lines: list[DemoLine], log: Callable[[str], None]):
+    def __init__(self, caller: TwilioCaller, lines: list[DemoLine]):
         self.caller = caller
-        self.agent = agent
         self.lines = lines
-        self.log = log
         self.turns: list[TurnResult] = []
 
     async def say(self, line: DemoLine) -> TurnResult:
@@ -218,7 +216,7 @@ async def run_demo(
         )
         async with TwilioCaller(caller_config) as caller:
             await caller.dial()
-            call = DemoCall(caller, agent, lines, log)
+            call = DemoCall(caller, lines)
             try:
                 await asyncio.wait_for(call.run(), timeout_s)
                 if not await caller.wait_closed(REPLY_TIMEOUT_S * 2):
