@@ -112,9 +112,7 @@ async def test_caller_hang_up_closes_evi_within_a_second(gateway: RunningGateway
 
 
 @pytest.mark.parametrize("fault", ["close", "error", "drop"])
-async def test_evi_ending_closes_the_twilio_socket(
-    gateway: RunningGateway, evi_sim: EviSimulator, fault: str
-) -> None:
+async def test_evi_ending_closes_the_twilio_socket(gateway: RunningGateway, evi_sim: EviSimulator, fault: str) -> None:
     """EVI closing, sending an error, or dropping the connection ends the call: the stream is closed."""
     async with TwilioCaller(caller_config(gateway)) as caller:
         session = await connected(caller, evi_sim)

@@ -203,9 +203,7 @@ async def test_huge_frame_ends_only_that_call(gateway: RunningGateway, evi_sim: 
     ],
     ids=["not-json", "unknown-type", "invalid-wav", "bad-base64", "binary"],
 )
-async def test_bad_evi_frames_are_survived(
-    gateway: RunningGateway, evi_sim: EviSimulator, frame: str | bytes
-) -> None:
+async def test_bad_evi_frames_are_survived(gateway: RunningGateway, evi_sim: EviSimulator, frame: str | bytes) -> None:
     """A bad EVI frame is logged and skipped; the call goes on and later EVI audio is heard."""
     async with TwilioCaller(config(gateway)) as caller:
         session = await live_session(caller, evi_sim)

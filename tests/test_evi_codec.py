@@ -140,9 +140,7 @@ def test_session_start_rejects_impossible_format(rate_hz: int, channels: int) ->
         (CODEC.encode_tool_error("t2", "timeout"), sdk.ToolErrorMessage(tool_call_id="t2", error="timeout")),
         (
             CODEC.encode_tool_error("t3", "timeout", "Weather is unavailable right now"),
-            sdk.ToolErrorMessage(
-                tool_call_id="t3", error="timeout", content="Weather is unavailable right now"
-            ),
+            sdk.ToolErrorMessage(tool_call_id="t3", error="timeout", content="Weather is unavailable right now"),
         ),
         (CODEC.encode_pause(), sdk.PauseAssistantMessage()),
         (CODEC.encode_resume(), sdk.ResumeAssistantMessage()),
@@ -249,9 +247,7 @@ DECODE_CASES: list[tuple[str, Any, object]] = [
         sdk.ToolCallMessage(
             name="hang_up", parameters="{}", tool_call_id="c2", response_required=False, tool_type="builtin"
         ),
-        ToolCall(
-            name="hang_up", tool_call_id="c2", parameters_json="{}", response_required=False, builtin=True
-        ),
+        ToolCall(name="hang_up", tool_call_id="c2", parameters_json="{}", response_required=False, builtin=True),
     ),
     (
         "error",
@@ -277,9 +273,7 @@ DECODE_CASES: list[tuple[str, Any, object]] = [
     ),
     (
         "tool_response builtin",
-        sdk.ToolResponseMessage(
-            tool_call_id="c3", content="results", tool_name="web_search", tool_type="builtin"
-        ),
+        sdk.ToolResponseMessage(tool_call_id="c3", content="results", tool_name="web_search", tool_type="builtin"),
         UpstreamNotice("tool_response"),
     ),
     (
@@ -399,9 +393,7 @@ def test_audio_fast_path_equals_model_path(fields: dict[str, Any]) -> None:
             lambda kind, extra: json.dumps({"type": kind, **extra}),
             st.sampled_from([c[1].dict()["type"] for c in DECODE_CASES]) | st.text(max_size=8),
             st.dictionaries(
-                st.sampled_from(
-                    ["id", "index", "data", "chat_id", "chat_group_id", "time", "message", "models"]
-                ),
+                st.sampled_from(["id", "index", "data", "chat_id", "chat_group_id", "time", "message", "models"]),
                 st.none()
                 | st.booleans()
                 | st.integers()

@@ -56,9 +56,7 @@ def _extras(model: Any, path: str = "") -> list[str]:
 # Client → server messages (§2), SDK PublishEvent as the oracle
 # ---------------------------------------------------------------------------------------------------
 
-_TOOL_SCHEMA = json.dumps(
-    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-)
+_TOOL_SCHEMA = json.dumps({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 
 CLIENT_CASES: list[tuple[str, evi.EviModel, Any]] = [
     ("audio_input", evi.AudioInput(data="AAAA"), sdk.AudioInput(data="AAAA")),
@@ -262,9 +260,7 @@ def _server_cases() -> list[tuple[str, evi.EviModel, type[Any]]]:
         ),
         (
             "session_settings echo",
-            evi.SessionSettings(
-                audio=evi.AudioConfiguration(sample_rate=8000, channels=1), custom_session_id="s1"
-            ),
+            evi.SessionSettings(audio=evi.AudioConfiguration(sample_rate=8000, channels=1), custom_session_id="s1"),
             sdk.SessionSettings,
         ),
     ]
@@ -314,9 +310,7 @@ def test_unknown_type_is_tolerated_where_the_sdk_fails() -> None:
 
 def test_extra_fields_are_kept() -> None:
     """A known message with fields we do not model still parses and keeps them (EVI evolves)."""
-    parsed = evi.parse_server_message(
-        '{"type":"audio_output","id":"r","index":0,"data":"","is_final_chunk":true}'
-    )
+    parsed = evi.parse_server_message('{"type":"audio_output","id":"r","index":0,"data":"","is_final_chunk":true}')
     assert isinstance(parsed, evi.AudioOutput)
     assert parsed.model_extra == {"is_final_chunk": True}
 
@@ -375,9 +369,7 @@ def test_server_parser_rejects_malformed_input(frame: str | bytes, needle: str) 
 def test_client_parser_names_type_and_field() -> None:
     """parse_client_message rejects a bad encoding and names the message type and field."""
     frame = '{"type": "session_settings", "audio": {"encoding": "mulaw", "sample_rate": 8000, "channels": 1}}'
-    with pytest.raises(
-        UpstreamProtocolError, match=r"'session_settings' has an invalid field 'audio.encoding'"
-    ):
+    with pytest.raises(UpstreamProtocolError, match=r"'session_settings' has an invalid field 'audio.encoding'"):
         evi.parse_client_message(frame)
 
 
@@ -385,9 +377,7 @@ def test_errors_do_not_echo_payloads() -> None:
     """Validation errors describe the field but do not copy the (possibly huge) input into the message."""
     payload = "Z" * 5000
     with pytest.raises(UpstreamProtocolError) as info:
-        evi.parse_server_message(
-            json.dumps({"type": "audio_output", "id": "r", "index": payload, "data": "x"})
-        )
+        evi.parse_server_message(json.dumps({"type": "audio_output", "id": "r", "index": payload, "data": "x"}))
     assert payload not in str(info.value)
 
 
@@ -561,9 +551,7 @@ def test_api_key_never_in_url(api_key: str) -> None:
 
 def test_handshake_keeps_existing_query() -> None:
     """A base URL that already has a query keeps it and gets ours appended."""
-    url, _ = evi.connect_request(
-        "ws://127.0.0.1:9000/v0/evi/chat?x=1", config_id="c", api_key=None, access_token=None
-    )
+    url, _ = evi.connect_request("ws://127.0.0.1:9000/v0/evi/chat?x=1", config_id="c", api_key=None, access_token=None)
     assert url == "ws://127.0.0.1:9000/v0/evi/chat?x=1&config_id=c"
 
 
@@ -583,18 +571,14 @@ def test_handshake_keeps_existing_query() -> None:
 def test_handshake_rejects_bad_settings(base_url: str, query: dict[str, Any] | None, needle: str) -> None:
     """A non-WebSocket URL or a settings value that cannot go in a query raises ConfigError naming it."""
     with pytest.raises(ConfigError) as info:
-        evi.connect_request(
-            base_url, config_id=None, api_key=None, access_token=None, session_settings_query=query
-        )
+        evi.connect_request(base_url, config_id=None, api_key=None, access_token=None, session_settings_query=query)
     assert needle in str(info.value)
 
 
 def test_handshake_bad_url_error_is_redacted() -> None:
     """The error for a bad URL does not leak a token that was put in it."""
     with pytest.raises(ConfigError) as info:
-        evi.connect_request(
-            "https://h/x?access_token=tok-secret", config_id=None, api_key=None, access_token=None
-        )
+        evi.connect_request("https://h/x?access_token=tok-secret", config_id=None, api_key=None, access_token=None)
     assert "tok-secret" not in str(info.value)
 
 

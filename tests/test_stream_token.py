@@ -105,8 +105,14 @@ def test_tampered_token_is_bad_signature(index: int, value: str) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "v1", "v1....", "v2.AAAAAAAAAAAAAAAAAAAAAA.1.Q0E.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-     "v1.AAAAAAAAAAAAAAAAAAAAAA.1.Q.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "x" * 10_000],
+    [
+        "",
+        "v1",
+        "v1....",
+        "v2.AAAAAAAAAAAAAAAAAAAAAA.1.Q0E.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "v1.AAAAAAAAAAAAAAAAAAAAAA.1.Q.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "x" * 10_000,
+    ],
 )
 def test_garbage_is_malformed(token: str) -> None:
     """Strings that are not shaped like a token (wrong version, bad base64, huge) are MALFORMED."""
@@ -163,9 +169,7 @@ def test_failed_redeems_remember_nothing() -> None:
     assert tokens.used_count == 0
 
 
-@pytest.mark.parametrize(
-    ("secret", "ttl_s"), [(b"short", 30.0), (SECRET, 0.0), (SECRET, -1.0), (SECRET, float("nan"))]
-)
+@pytest.mark.parametrize(("secret", "ttl_s"), [(b"short", 30.0), (SECRET, 0.0), (SECRET, -1.0), (SECRET, float("nan"))])
 def test_bad_settings_are_config_errors(secret: bytes, ttl_s: float) -> None:
     """A secret under 16 bytes or a non-positive ttl is a ConfigError."""
     with pytest.raises(ConfigError):

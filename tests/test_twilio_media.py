@@ -61,19 +61,13 @@ DOC_MEDIA = _doc(
     '{"event":"media","sequenceNumber":"4","streamSid":"MZ…",'
     '"media":{"track":"inbound","chunk":"2","timestamp":"40","payload":"<base64 mu-law>"}}'
 ).replace("<base64 mu-law>", base64.b64encode(ULAW_20MS).decode())
-DOC_DTMF = _doc(
-    '{"event":"dtmf","streamSid":"MZ…","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}'
-)
+DOC_DTMF = _doc('{"event":"dtmf","streamSid":"MZ…","sequenceNumber":"5","dtmf":{"track":"inbound_track","digit":"1"}}')
 DOC_MARK = _doc('{"event":"mark","sequenceNumber":"9","streamSid":"MZ…","mark":{"name":"r12:7"}}')
-DOC_STOP = _doc(
-    '{"event":"stop","sequenceNumber":"512","streamSid":"MZ…","stop":{"accountSid":"AC…","callSid":"CA…"}}'
-)
+DOC_STOP = _doc('{"event":"stop","sequenceNumber":"512","streamSid":"MZ…","stop":{"accountSid":"AC…","callSid":"CA…"}}')
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=10,
 )
 wire_keys = st.sampled_from(
@@ -207,10 +201,8 @@ def test_unknown_event_is_returned_not_raised() -> None:
         ('{"event":"mark","sequenceNumber":"9","streamSid":"MZ1","mark":{}}', "mark.name"),
         ('{"event":"mark","sequenceNumber":"9","streamSid":"MZ1"}', "mark"),
         ('{"event":"dtmf","sequenceNumber":"5","streamSid":"MZ1","dtmf":{"track":"inbound_track"}}', "digit"),
-        ('{"event":"dtmf","sequenceNumber":"x","streamSid":"MZ1","dtmf":{"track":"t","digit":"1"}}',
-         "sequenceNumber"),
-        ('{"event":"stop","sequenceNumber":"512","streamSid":"MZ1","stop":{"callSid":"CA1"}}',
-         "stop.accountSid"),
+        ('{"event":"dtmf","sequenceNumber":"x","streamSid":"MZ1","dtmf":{"track":"t","digit":"1"}}', "sequenceNumber"),
+        ('{"event":"stop","sequenceNumber":"512","streamSid":"MZ1","stop":{"callSid":"CA1"}}', "stop.accountSid"),
         ('{"event":"stop","sequenceNumber":"512","stop":{"accountSid":"AC1","callSid":"CA1"}}', "streamSid"),
     ],
 )
@@ -294,9 +286,7 @@ def test_arbitrary_json_only_raises_protocol_error(value: Any) -> None:
     st.sampled_from(["connected", "start", "media", "mark", "dtmf", "stop", "other"]),
     st.dictionaries(wire_keys | st.text(max_size=8), json_values, max_size=6),
 )
-def test_known_events_with_random_fields_only_raise_protocol_error(
-    event: str, fields: dict[str, Any]
-) -> None:
+def test_known_events_with_random_fields_only_raise_protocol_error(event: str, fields: dict[str, Any]) -> None:
     """Known event names with random field values parse or raise TwilioProtocolError, nothing else."""
     with contextlib.suppress(TwilioProtocolError):
         parse_twilio_message(json.dumps({**fields, "event": event}))
@@ -358,7 +348,11 @@ def test_inbound_media_builder_round_trips(seq: int, chunk: int, timestamp_ms: i
         sequence_number=seq, stream_sid=STREAM, chunk=chunk, timestamp_ms=timestamp_ms, ulaw=ulaw
     )
     assert parse_twilio_message(text) == Media(
-        sequence_number=seq, stream_sid=STREAM, track="inbound", chunk=chunk, timestamp_ms=timestamp_ms,
+        sequence_number=seq,
+        stream_sid=STREAM,
+        track="inbound",
+        chunk=chunk,
+        timestamp_ms=timestamp_ms,
         payload=ulaw,
     )
 
@@ -373,8 +367,13 @@ def test_emulator_builders_round_trip() -> None:
         )
     )
     assert start == Start(
-        sequence_number=1, stream_sid=STREAM, account_sid=ACCOUNT, call_sid=CALL, tracks=("inbound",),
-        custom_parameters=params, media_format=MediaFormat("audio/x-mulaw", 8000, 1),
+        sequence_number=1,
+        stream_sid=STREAM,
+        account_sid=ACCOUNT,
+        call_sid=CALL,
+        tracks=("inbound",),
+        custom_parameters=params,
+        media_format=MediaFormat("audio/x-mulaw", 8000, 1),
     )
     assert parse_twilio_message(mark_echo_message(sequence_number=9, stream_sid=STREAM, name="r1:3")) == Mark(
         sequence_number=9, stream_sid=STREAM, name=MarkName("r1:3")
@@ -390,8 +389,14 @@ def test_emulator_builders_round_trip() -> None:
 def test_start_builder_can_describe_an_unsupported_format() -> None:
     """start_message carries a non-default mediaFormat so the gateway's refusal can be tested."""
     text = start_message(
-        sequence_number=1, stream_sid=STREAM, account_sid=ACCOUNT, call_sid=CALL, custom_parameters={},
-        encoding="audio/x-l16", sample_rate_hz=16000, channels=2,
+        sequence_number=1,
+        stream_sid=STREAM,
+        account_sid=ACCOUNT,
+        call_sid=CALL,
+        custom_parameters={},
+        encoding="audio/x-l16",
+        sample_rate_hz=16000,
+        channels=2,
     )
     start = parse_twilio_message(text)
     assert isinstance(start, Start)
@@ -400,12 +405,14 @@ def test_start_builder_can_describe_an_unsupported_format() -> None:
 
 def test_emulator_builders_send_counters_as_strings() -> None:
     """Emulator messages carry sequenceNumber, chunk and timestamp as strings, as Twilio does (§1.3)."""
-    media = json.loads(inbound_media_message(sequence_number=4, stream_sid=STREAM, chunk=2, timestamp_ms=40,
-                                             ulaw=b"\x7f"))
+    media = json.loads(
+        inbound_media_message(sequence_number=4, stream_sid=STREAM, chunk=2, timestamp_ms=40, ulaw=b"\x7f")
+    )
     assert media["sequenceNumber"] == "4"
     assert (media["media"]["chunk"], media["media"]["timestamp"]) == ("2", "40")
-    start = json.loads(start_message(sequence_number=1, stream_sid=STREAM, account_sid=ACCOUNT, call_sid=CALL,
-                                     custom_parameters={}))
+    start = json.loads(
+        start_message(sequence_number=1, stream_sid=STREAM, account_sid=ACCOUNT, call_sid=CALL, custom_parameters={})
+    )
     assert start["sequenceNumber"] == "1"
     assert start["start"]["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 
@@ -431,8 +438,9 @@ def test_outbound_media_has_nothing_but_documented_fields() -> None:
     assert text == '{"event":"media","streamSid":"' + STREAM + '","media":{"payload":"/38="}}'
 
 
-@pytest.mark.parametrize("build", [lambda: media_message("", b"\xff"), lambda: mark_message("", "m"),
-                                   lambda: clear_message("")])
+@pytest.mark.parametrize(
+    "build", [lambda: media_message("", b"\xff"), lambda: mark_message("", "m"), lambda: clear_message("")]
+)
 def test_outbound_builders_refuse_empty_stream_sid(build: Any) -> None:
     """Building an outbound message without a streamSid (before start, P10) is refused as our own bug."""
     with pytest.raises(CallStateError, match="streamSid"):

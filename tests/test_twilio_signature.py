@@ -84,9 +84,7 @@ def test_missing_or_garbage_signature_fails(signature: str | None) -> None:
 
 def test_repeated_post_keys_are_all_signed() -> None:
     """With a repeated form key every value counts: all values validate, a missing one fails."""
-    form = MultiDict(
-        [*PARAMS.items(), ("StatusCallbackEvent", "ringing"), ("StatusCallbackEvent", "answered")]
-    )
+    form = MultiDict([*PARAMS.items(), ("StatusCallbackEvent", "ringing"), ("StatusCallbackEvent", "answered")])
     signature = sign_request(TOKEN, WEBHOOK_URL, form)
     assert signature == _reference_signature(TOKEN, WEBHOOK_URL, list(form.items()))
     assert webhook_signature_ok(TOKEN, WEBHOOK_URL, MultiDictProxy(form), signature)

@@ -55,7 +55,7 @@ def test_without_status_callback_has_no_callback_attributes() -> None:
 
 def test_parameter_values_are_xml_escaped() -> None:
     """Values with &, <, > and quotes are escaped in the XML and read back unchanged."""
-    value = 'a&b<c>d"e\'f'
+    value = "a&b<c>d\"e'f"
     twiml = connect_stream_twiml(STREAM_URL, {"note": value})
     assert "a&amp;b&lt;c" in twiml
     [param] = list(_stream(twiml))

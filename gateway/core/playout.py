@@ -41,9 +41,7 @@ class PlayoutParams:
         if self.frame_ms <= 0:
             raise ConfigError(f"playout frame_ms must be > 0, got {self.frame_ms}")
         if self.max_message_ms < self.frame_ms:
-            raise ConfigError(
-                f"playout max_message_ms ({self.max_message_ms}) must be >= frame_ms ({self.frame_ms})"
-            )
+            raise ConfigError(f"playout max_message_ms ({self.max_message_ms}) must be >= frame_ms ({self.frame_ms})")
         if self.lead_ms < 0:
             raise ConfigError(f"playout lead_ms must be >= 0, got {self.lead_ms}")
 
@@ -369,9 +367,7 @@ class PlayoutBuffer:
         self._queued_bytes += len(frame.ulaw)
 
     def _mid_response(self) -> bool:
-        return any(
-            r.sent_bytes > 0 and (r.state is _State.OPEN or r.end_queued) for r in self._unfinished.values()
-        )
+        return any(r.sent_bytes > 0 and (r.state is _State.OPEN or r.end_queued) for r in self._unfinished.values())
 
     def _may_release(self, now_s: float) -> bool:
         ahead_s = self._play_end_s - now_s

@@ -118,9 +118,7 @@ class EviCodec:
     def encode_session_start(self, start: SessionStart) -> str:
         """§2.2: declare linear16 input at the call's rate before any audio (§1.4)."""
         settings = SessionSettings(
-            audio=AudioConfiguration(
-                encoding="linear16", sample_rate=start.input_rate_hz, channels=start.channels
-            ),
+            audio=AudioConfiguration(encoding="linear16", sample_rate=start.input_rate_hz, channels=start.channels),
             variables=dict(start.variables) or None,
             custom_session_id=start.custom_session_id,
         )

@@ -389,12 +389,8 @@ ServerMessage: TypeAlias = (
     | SessionSettings
 )
 
-_CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
-    Annotated[ClientMessage, Field(discriminator="type")]
-)
-_SERVER_ADAPTER: TypeAdapter[ServerMessage] = TypeAdapter(
-    Annotated[ServerMessage, Field(discriminator="type")]
-)
+_CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessage, Field(discriminator="type")])
+_SERVER_ADAPTER: TypeAdapter[ServerMessage] = TypeAdapter(Annotated[ServerMessage, Field(discriminator="type")])
 
 
 def _type_tags(*models: type[EviModel]) -> frozenset[str]:
@@ -446,9 +442,7 @@ def _describe(what: str, kind: str, exc: ValidationError) -> str:
     return f"{what} {kind!r} has an invalid field {field!r}: {first['msg']}{more}"
 
 
-def validate_server_object(
-    obj: Mapping[str, Any], what: str = "EVI server message"
-) -> ServerMessage | UnknownMessage:
+def validate_server_object(obj: Mapping[str, Any], what: str = "EVI server message") -> ServerMessage | UnknownMessage:
     """Validate an already decoded server message object (from ``load_json_object``)."""
     kind = str(obj["type"])
     if kind not in _SERVER_TYPES:
@@ -459,9 +453,7 @@ def validate_server_object(
         raise UpstreamProtocolError(_describe(what, kind, exc)) from None
 
 
-def validate_client_object(
-    obj: Mapping[str, Any], what: str = "EVI client message"
-) -> ClientMessage | UnknownMessage:
+def validate_client_object(obj: Mapping[str, Any], what: str = "EVI client message") -> ClientMessage | UnknownMessage:
     """Validate an already decoded client message object (from ``load_json_object``)."""
     kind = str(obj["type"])
     if kind not in _CLIENT_TYPES:
@@ -520,9 +512,7 @@ def _flatten_query(key: str, value: object, out: list[tuple[str, str]]) -> None:
     elif isinstance(value, str | int | float):
         out.append((key, _query_value(value)))
     else:
-        raise ConfigError(
-            f"EVI query parameter {key!r} has an unsupported value of type {type(value).__name__}"
-        )
+        raise ConfigError(f"EVI query parameter {key!r} has an unsupported value of type {type(value).__name__}")
 
 
 def connect_request(

@@ -34,10 +34,30 @@ from gateway.errors import CallStateError, TwilioProtocolError
 from gateway.ids import AccountSid, CallSid, MarkName, StreamSid
 
 __all__ = [
-    "Connected", "Dtmf", "Mark", "Media", "MediaFormat", "MediaWire", "OutboundClear", "OutboundMark",
-    "OutboundMedia", "Start", "Stop", "TwilioGatewayMessage", "TwilioInbound", "UnknownEvent",
-    "clear_message", "connected_message", "dtmf_message", "inbound_media_message", "mark_echo_message",
-    "mark_message", "media_message", "parse_gateway_message", "parse_twilio_message", "start_message",
+    "Connected",
+    "Dtmf",
+    "Mark",
+    "Media",
+    "MediaFormat",
+    "MediaWire",
+    "OutboundClear",
+    "OutboundMark",
+    "OutboundMedia",
+    "Start",
+    "Stop",
+    "TwilioGatewayMessage",
+    "TwilioInbound",
+    "UnknownEvent",
+    "clear_message",
+    "connected_message",
+    "dtmf_message",
+    "inbound_media_message",
+    "mark_echo_message",
+    "mark_message",
+    "media_message",
+    "parse_gateway_message",
+    "parse_twilio_message",
+    "start_message",
     "stop_message",
 ]
 
@@ -216,9 +236,7 @@ class _StartWire(_InboundWire):
             call_sid=CallSid(body.call_sid),
             tracks=tuple(body.tracks),
             custom_parameters=MappingProxyType(dict(body.custom_parameters)),
-            media_format=MediaFormat(
-                encoding=fmt.encoding, sample_rate_hz=fmt.sample_rate, channels=fmt.channels
-            ),
+            media_format=MediaFormat(encoding=fmt.encoding, sample_rate_hz=fmt.sample_rate, channels=fmt.channels),
         )
 
 
@@ -539,9 +557,7 @@ def start_message(
     )
 
 
-def inbound_media_message(
-    *, sequence_number: int, stream_sid: str, chunk: int, timestamp_ms: int, ulaw: bytes
-) -> str:
+def inbound_media_message(*, sequence_number: int, stream_sid: str, chunk: int, timestamp_ms: int, ulaw: bytes) -> str:
     """§1.3 ``media`` (caller audio, track ``inbound``)."""
     return _dumps(
         {

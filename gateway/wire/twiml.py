@@ -83,9 +83,7 @@ def connect_stream_twiml(
     if status_callback_url is None:
         stream = connect.stream(url=stream_url)
     else:
-        stream = connect.stream(
-            url=stream_url, status_callback=status_callback_url, status_callback_method="POST"
-        )
+        stream = connect.stream(url=stream_url, status_callback=status_callback_url, status_callback_method="POST")
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
