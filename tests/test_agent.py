@@ -12,7 +12,7 @@ import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hume.core.pydantic_utilities import parse_obj_as
@@ -76,7 +76,7 @@ class Chat:
         obj = json.loads(frame)
         parsed: object = parse_obj_as(sdk.SubscribeEvent, obj)  # type: ignore[arg-type]
         assert isinstance(parsed, SDK_CLASS[obj["type"]]), (obj["type"], type(parsed))
-        return obj
+        return cast(dict[str, Any], obj)
 
     async def until(self, kind: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Messages up to and including the next one of type ``kind``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,7 +103,7 @@ def test_gap_in_twilio_timestamps_is_filled_with_silence() -> None:
     "media_format",
     [{"encoding": "audio/x-l16"}, {"sample_rate_hz": 16000}, {"channels": 2}],
 )
-def test_unsupported_media_format_closes_without_an_upstream(media_format: dict[str, object]) -> None:
+def test_unsupported_media_format_closes_without_an_upstream(media_format: dict[str, Any]) -> None:
     """Anything but μ-law/8000/1 is refused before any upstream session is opened."""
     d = CallDriver()
     actions = d.start(**media_format)

@@ -49,7 +49,7 @@ def _wav(rate_hz: int = 24000, samples: int = 480) -> bytes:
 
 def _published(frame: str, expected: type[Any]) -> Any:
     """Parse an outgoing frame with the SDK, require the expected class and no unknown fields."""
-    parsed = parse_obj_as(PublishEvent, json.loads(frame))  # type: ignore[arg-type]
+    parsed: Any = parse_obj_as(PublishEvent, json.loads(frame))  # type: ignore[arg-type]
     assert type(parsed) is expected
     assert parsed.model_extra == {}
     audio = getattr(parsed, "audio", None)

@@ -128,7 +128,7 @@ def test_client_message_matches_sdk(name: str, ours: evi.EviModel, theirs: Any) 
     """Every client message we write parses as the SDK's class with no unknown field and equals its JSON."""
     frame = ours.to_json()
     obj = json.loads(frame)
-    parsed = parse_obj_as(PublishEvent, obj)  # type: ignore[arg-type]
+    parsed: Any = parse_obj_as(PublishEvent, obj)  # type: ignore[arg-type]
     assert type(parsed) is type(theirs)
     assert _extras(parsed) == []
     assert obj == _sdk_json(theirs)
@@ -156,7 +156,7 @@ def test_to_json_survives_lone_surrogates() -> None:
 
 def test_sdk_rejects_a_typo_only_the_extras_check_catches() -> None:
     """The extras check is what catches the Audio guide's ``format`` typo, which the SDK itself accepts."""
-    parsed = parse_obj_as(
+    parsed: Any = parse_obj_as(
         PublishEvent,  # type: ignore[arg-type]
         {"type": "session_settings", "audio": {"format": "linear16", "sample_rate": 8000, "channels": 1}},
     )
@@ -279,7 +279,7 @@ def test_emotion_names_match_sdk() -> None:
 def test_server_message_parses_with_sdk(name: str, ours: evi.EviModel, sdk_class: type[Any]) -> None:
     """Every server message our models build (as the simulator will) parses as the SDK's class, no extras."""
     obj = json.loads(ours.to_json())
-    parsed = parse_obj_as(SubscribeEvent, obj)  # type: ignore[arg-type]
+    parsed: Any = parse_obj_as(SubscribeEvent, obj)  # type: ignore[arg-type]
     assert type(parsed) is sdk_class
     assert _extras(parsed) == []
     assert _sdk_json(parsed) == obj

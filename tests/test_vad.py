@@ -21,7 +21,7 @@ def _at_level(pcm16: bytes, rms_dbfs: float) -> bytes:
     samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
     rms = float(np.sqrt(np.mean(samples * samples)))
     scaled = samples * (10.0 ** (rms_dbfs / 20.0) * 32768.0 / rms)
-    return np.clip(np.round(scaled), -32768, 32767).astype("<i2").tobytes()
+    return bytes(np.clip(np.round(scaled), -32768, 32767).astype("<i2").tobytes())
 
 
 def _speech(duration_ms: int, seed: int, rms_dbfs: float = -30.0) -> bytes:
@@ -34,7 +34,8 @@ def _silence(duration_ms: int) -> bytes:
 
 def _white(duration_ms: int, rms_dbfs: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.standard_normal(RATE_HZ * duration_ms // 1000) * (10.0 ** (rms_dbfs / 20.0) * 32768.0)
+    noise: np.ndarray = rng.standard_normal(RATE_HZ * duration_ms // 1000) * (10.0 ** (rms_dbfs / 20.0) * 32768.0)
+    return noise
 
 
 def _pcm(samples: np.ndarray) -> bytes:

@@ -46,7 +46,10 @@ def fixture_espeak() -> EspeakSynthesizer:
 @pytest.fixture(name="sphinx")
 def fixture_sphinx(espeak: EspeakSynthesizer) -> ModuleType:
     """pocketsphinx, or a skip when the 'voice' extra is not installed."""
-    return pytest.importorskip("pocketsphinx", reason="speech recognition needs the 'voice' extra (pocketsphinx)")
+    module: ModuleType = pytest.importorskip(
+        "pocketsphinx", reason="speech recognition needs the 'voice' extra (pocketsphinx)"
+    )
+    return module
 
 
 def _duration_s(pcm16: bytes, rate_hz: int) -> float:
@@ -261,7 +264,7 @@ def _hide_voice_packages(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ImportError(f"No module named {name!r}")
         return real_import(name, package)
 
-    monkeypatch.setattr(voice.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     monkeypatch.setattr(voice, "_espeak_files", None)
     monkeypatch.setattr(voice, "_logged_choices", set())
 

@@ -257,75 +257,14 @@ def _build_scenario(recording: Path, ulaw: bytes, toml_path: Path | None, proble
         data = loaded
     check.unknown_keys(data, _TOP_KEYS, "the scenario")
     recording_ms = len(ulaw) / ULAW_BYTES_PER_MS
-    threshold = data.get("silence_threshold_dbfs", _DEFAULT_SPLIT[0])
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -120 <= threshold < 0:
-        check.fail(f"silence_threshold_dbfs = {threshold!r} must be a level in dBFS between -120 and 0, e.g. -40")
-        threshold = _DEFAULT_SPLIT[0]
-    min_silence = check.ms(data, "min_silence_ms", "the scenario")
-    min_utterance = check.ms(data, "min_utterance_ms", "the scenario")
-    split = SplitParams(
-        silence_threshold_dbfs=float(threshold),
-        min_silence_ms=_DEFAULT_SPLIT[1] if min_silence is None else max(FRAME_MS, min_silence),
-        min_utterance_ms=_DEFAULT_SPLIT[2] if min_utterance is None else min_utterance,
-    )
-    defaults_table = data.get("defaults", {})
-    if not isinstance(defaults_table, dict):
-        check.fail("[defaults] must be a table")
-        defaults_table = {}
-    check.unknown_keys(defaults_table, _OPTION_KEYS, "[defaults]")
-    defaults = _turn_options(check, defaults_table, _DEFAULT_OPTIONS, "[defaults]")
-    tables = data.get("turn", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        check.fail("turn must be an array of tables ([[turn]])")
-        tables = []
-    explicit = any("start_ms" in t or "end_ms" in t for t in tables)
-    mode = data.get("split", "turns" if explicit else "silence")
-    if mode not in ("silence", "turns"):
-        check.fail(f"split = {mode!r} must be 'silence' or 'turns'")
-    elif mode == "silence" and explicit:
-        check.fail("split = 'silence' but [[turn]] tables give start_ms/end_ms; drop one or the other")
-    elif mode == "turns" and not tables:
-        check.fail("split = 'turns' needs [[turn]] tables with start_ms and end_ms")
+    split = _split_params(check, data)
+    defaults = _defaults(check, data)
+    tables, mode = _turn_tables(check, data)
     turns: list[Turn] = []
-    if explicit:
-        for i, table in enumerate(tables):
-            context = f"[[turn]] #{i + 1}"
-            check.unknown_keys(table, _TURN_KEYS, context)
-            options = _turn_options(check, table, defaults, context)
-            start, end = check.ms(table, "start_ms", context), check.ms(table, "end_ms", context)
-            if ("start_ms" in table) != ("end_ms" in table):
-                check.fail(f"{context} needs both start_ms and end_ms (or neither, for a dtmf-only turn)")
-                continue
-            if "start_ms" not in table:
-                if not options["dtmf"]:
-                    check.fail(f"{context} has no start_ms/end_ms and no dtmf: nothing to do")
-                turns.append(Turn(i, b"", None, None, **options))
-                continue
-            if start is None or end is None:
-                continue
-            if end - start < FRAME_MS:
-                check.fail(f"{context}: end_ms {end} must be at least {FRAME_MS} ms after start_ms {start}")
-            elif end > recording_ms + FRAME_MS:
-                check.fail(f"{context}: end_ms {end} is past the end of the recording ({recording_ms:.0f} ms)")
-            else:
-                audio = ulaw[start * ULAW_BYTES_PER_MS : end * ULAW_BYTES_PER_MS]
-                turns.append(Turn(i, audio, start, end, **options))
+    if mode == "turns":
+        turns = _explicit_turns(check, tables, defaults, ulaw)
     elif mode == "silence" and len(problems) == before:
-        spans = split_utterances(ulaw, split)
-        if not spans:
-            check.fail(
-                f"no speech found above {split.silence_threshold_dbfs} dBFS in {recording_ms:.0f} ms of audio "
-                "(lower silence_threshold_dbfs, or give [[turn]] start_ms/end_ms)"
-            )
-        if len(tables) > len(spans):
-            check.fail(f"{len(tables)} [[turn]] tables but only {len(spans)} utterances found by silence")
-        for i, (start, end) in enumerate(spans):
-            table = tables[i] if i < len(tables) else {}
-            context = f"[[turn]] #{i + 1}"
-            check.unknown_keys(table, _OPTION_KEYS, f"{context} (split by silence: no start_ms/end_ms)")
-            options = _turn_options(check, table, defaults, context)
-            audio = ulaw[start * ULAW_BYTES_PER_MS : end * ULAW_BYTES_PER_MS]
-            turns.append(Turn(i, audio, start, end, **options))
+        turns = _silence_turns(check, tables, defaults, ulaw, split)
     timing = {
         key: check.ms(data, key, "the scenario")
         for key in ("agent_silence_ms", "greeting_timeout_ms", "response_timeout_ms")
@@ -346,6 +285,99 @@ def _build_scenario(recording: Path, ulaw: bytes, toml_path: Path | None, proble
         hangup_after_ms=hangup,
         hangup_after_last_turn_ms=after_last,
     )
+
+
+def _split_params(check: _Checker, data: dict[str, Any]) -> SplitParams:
+    threshold = data.get("silence_threshold_dbfs", _DEFAULT_SPLIT[0])
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -120 <= threshold < 0:
+        check.fail(f"silence_threshold_dbfs = {threshold!r} must be a level in dBFS between -120 and 0, e.g. -40")
+        threshold = _DEFAULT_SPLIT[0]
+    min_silence = check.ms(data, "min_silence_ms", "the scenario")
+    min_utterance = check.ms(data, "min_utterance_ms", "the scenario")
+    return SplitParams(
+        silence_threshold_dbfs=float(threshold),
+        min_silence_ms=_DEFAULT_SPLIT[1] if min_silence is None else max(FRAME_MS, min_silence),
+        min_utterance_ms=_DEFAULT_SPLIT[2] if min_utterance is None else min_utterance,
+    )
+
+
+def _defaults(check: _Checker, data: dict[str, Any]) -> dict[str, Any]:
+    table = data.get("defaults", {})
+    if not isinstance(table, dict):
+        check.fail("[defaults] must be a table")
+        table = {}
+    check.unknown_keys(table, _OPTION_KEYS, "[defaults]")
+    return _turn_options(check, table, _DEFAULT_OPTIONS, "[defaults]")
+
+
+def _turn_tables(check: _Checker, data: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The [[turn]] tables and how the recording is split: ``turns`` (explicit spans), ``silence``, or ``""``
+    when the split cannot be decided (a problem was recorded)."""
+    tables = data.get("turn", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        check.fail("turn must be an array of tables ([[turn]])")
+        tables = []
+    explicit = any("start_ms" in t or "end_ms" in t for t in tables)
+    mode = data.get("split", "turns" if explicit else "silence")
+    if mode not in ("silence", "turns"):
+        check.fail(f"split = {mode!r} must be 'silence' or 'turns'")
+    elif mode == "silence" and explicit:
+        check.fail("split = 'silence' but [[turn]] tables give start_ms/end_ms; drop one or the other")
+    elif mode == "turns" and not tables:
+        check.fail("split = 'turns' needs [[turn]] tables with start_ms and end_ms")
+    else:
+        return tables, str(mode)
+    return tables, "turns" if explicit else ""
+
+
+def _explicit_turns(check: _Checker, tables: list[dict[str, Any]], defaults: dict[str, Any], ulaw: bytes) -> list[Turn]:
+    recording_ms = len(ulaw) / ULAW_BYTES_PER_MS
+    turns: list[Turn] = []
+    for i, table in enumerate(tables):
+        context = f"[[turn]] #{i + 1}"
+        check.unknown_keys(table, _TURN_KEYS, context)
+        options = _turn_options(check, table, defaults, context)
+        start, end = check.ms(table, "start_ms", context), check.ms(table, "end_ms", context)
+        if ("start_ms" in table) != ("end_ms" in table):
+            check.fail(f"{context} needs both start_ms and end_ms (or neither, for a dtmf-only turn)")
+            continue
+        if "start_ms" not in table:
+            if not options["dtmf"]:
+                check.fail(f"{context} has no start_ms/end_ms and no dtmf: nothing to do")
+            turns.append(Turn(i, b"", None, None, **options))
+            continue
+        if start is None or end is None:
+            continue
+        if end - start < FRAME_MS:
+            check.fail(f"{context}: end_ms {end} must be at least {FRAME_MS} ms after start_ms {start}")
+        elif end > recording_ms + FRAME_MS:
+            check.fail(f"{context}: end_ms {end} is past the end of the recording ({recording_ms:.0f} ms)")
+        else:
+            audio = ulaw[start * ULAW_BYTES_PER_MS : end * ULAW_BYTES_PER_MS]
+            turns.append(Turn(i, audio, start, end, **options))
+    return turns
+
+
+def _silence_turns(
+    check: _Checker, tables: list[dict[str, Any]], defaults: dict[str, Any], ulaw: bytes, split: SplitParams
+) -> list[Turn]:
+    spans = split_utterances(ulaw, split)
+    if not spans:
+        check.fail(
+            f"no speech found above {split.silence_threshold_dbfs} dBFS in {len(ulaw) / ULAW_BYTES_PER_MS:.0f} ms "
+            "of audio (lower silence_threshold_dbfs, or give [[turn]] start_ms/end_ms)"
+        )
+    if len(tables) > len(spans):
+        check.fail(f"{len(tables)} [[turn]] tables but only {len(spans)} utterances found by silence")
+    turns: list[Turn] = []
+    for i, (start, end) in enumerate(spans):
+        table = tables[i] if i < len(tables) else {}
+        context = f"[[turn]] #{i + 1}"
+        check.unknown_keys(table, _OPTION_KEYS, f"{context} (split by silence: no start_ms/end_ms)")
+        options = _turn_options(check, table, defaults, context)
+        audio = ulaw[start * ULAW_BYTES_PER_MS : end * ULAW_BYTES_PER_MS]
+        turns.append(Turn(i, audio, start, end, **options))
+    return turns
 
 
 def _default(value: int | None, default: int) -> int:
