@@ -332,7 +332,7 @@ def test_hang_up_tool_ends_the_call_after_the_goodbye_is_heard() -> None:
     d = active_driver()
     d.say("bye", tone_pcm(800, 24000), 24000)
     d.upstream(_hang_up_tool())
-    assert d.call.state is CallState.ACTIVE  # the turn has not ended yet
+    assert d.call.state is CallState.SAYING_GOODBYE  # the turn has not ended yet
     actions = d.upstream(evi.AssistantEnd())
     assert "close_upstream" in d.kinds(actions) and "close_twilio" not in d.kinds(actions)
     for _ in range(10):
@@ -357,3 +357,56 @@ def test_resampler_tail_is_flushed_when_upstream_audio_pauses() -> None:
     d.say("r1", tone_pcm(500, 48000), 48000)
     d.advance(1500)
     assert len(d.heard_ulaw()) == pytest.approx(500 * 8, abs=8)
+
+
+def test_an_input_the_table_refuses_changes_nothing() -> None:
+    """A repeated chat_metadata mid-call is refused: no action, the playout and session untouched, one count."""
+    d = active_driver()
+    d.say("r1", tone_pcm(600, 24000), 24000)
+    before = d.call.statistics(d.now)
+    again = evi.ChatMetadata(chat_id="chat-2", chat_group_id="group-2", request_id="req-2")
+    assert d.upstream(again) == []
+    after = d.call.statistics(d.now)
+    assert after.counts.pop("out_of_order_inputs") == 1
+    assert after == before
+    assert d.call.upstream_session_id == "chat-1" and d.call.state is CallState.ACTIVE
+
+
+def test_goodbye_that_never_ends_is_bounded() -> None:
+    """After hang_up, a goodbye whose turn never ends still ends the call after goodbye_timeout_s."""
+    d = active_driver(goodbye_timeout_s=2.0)
+    d.say("bye", tone_pcm(400, 24000), 24000)
+    d.upstream(_hang_up_tool())
+    d.advance(1900)
+    assert d.call.state is CallState.SAYING_GOODBYE
+    d.advance(200)
+    d.echo_marks()
+    d.advance(100)
+    assert d.call.state is CallState.CLOSED
+    stats = d.call.statistics(d.now)
+    assert stats.end_reason == "hang_up" and "goodbye not received within 2 s" in stats.end_detail
+    assert len(d.heard_ulaw()) == pytest.approx(400 * 8, abs=160)
+
+
+def test_caller_interrupting_the_goodbye_ends_the_call() -> None:
+    """A caller talking over the goodbye cuts it off; the agent's turn is over, so the call ends."""
+    d = active_driver()
+    d.say("bye", tone_pcm(2000, 24000), 24000)
+    d.upstream(_hang_up_tool())
+    d.advance(200)
+    actions = d.upstream(evi.UserInterruption(time=100))
+    assert "clear" in d.kinds(actions) and "close_upstream" in d.kinds(actions)
+    d.echo_marks()
+    d.advance(40)
+    assert d.call.state is CallState.CLOSED and d.call.end_reason is not None
+    assert d.call.end_reason.value == "hang_up"
+
+
+def test_end_reason_is_the_first_cause() -> None:
+    """When EVI closes and the caller then hangs up during the drain, the call ended because EVI closed."""
+    d = active_driver()
+    d.say("r1", tone_pcm(600, 24000), 24000)
+    d.call.upstream_closed(d.now, 1000, "bye")
+    assert d.call.state is CallState.ENDING
+    assert d.call.twilio_closed(d.now) == []
+    assert d.call.end_reason is not None and d.call.end_reason.value == "upstream_closed"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gateway.core.playout import MarkEcho, PlayoutBuffer, PlayoutParams, SendClear, SendMark, SendMedia
-from gateway.errors import ConfigError
+from gateway.errors import CallStateError, ConfigError
 from gateway.ids import MarkName, ResponseId
 
 A = ResponseId("a")
@@ -191,9 +191,9 @@ def test_played_ms_advances_with_echoes_in_the_current_generation() -> None:
     buffer.push(A, audio(8000))
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]
     assert buffer.played_ms(A) == 0
-    second = buffer.mark_echoed(marks[1].name, 0.16)
+    second = buffer.mark_echoed(marks[1].name)
     assert second == MarkEcho("played", A, 160, False)
-    assert buffer.mark_echoed(marks[0].name, 0.17).played_ms == 160
+    assert buffer.mark_echoed(marks[0].name).played_ms == 160
     assert buffer.played_ms(A) == 160
     assert buffer.sent_ms(A) == 160
 
@@ -203,9 +203,9 @@ def test_stale_echoes_after_clear_advance_nothing() -> None:
     buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=100))
     buffer.push(A, audio(8000))
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]
-    assert buffer.mark_echoed(marks[0].name, 0.1).status == "played"
+    assert buffer.mark_echoed(marks[0].name).status == "played"
     assert buffer.clear(0.12) == [SendClear()]
-    echo = buffer.mark_echoed(marks[1].name, 0.13)
+    echo = buffer.mark_echoed(marks[1].name)
     assert echo == MarkEcho("stale", A, 100, False)
     assert buffer.played_ms(A) == 100
     stats = buffer.statistics()
@@ -217,9 +217,9 @@ def test_unknown_and_repeated_echoes_are_tolerated() -> None:
     buffer = PlayoutBuffer()
     buffer.push(A, audio(160))
     mark = next(d for d in buffer.poll(0.0) if isinstance(d, SendMark))
-    assert buffer.mark_echoed("someone-else", 0.0) == MarkEcho("unknown", None, 0, False)
-    assert buffer.mark_echoed(mark.name, 0.02).status == "played"
-    assert buffer.mark_echoed(mark.name, 0.03).status == "unknown"
+    assert buffer.mark_echoed("someone-else") == MarkEcho("unknown", None, 0, False)
+    assert buffer.mark_echoed(mark.name).status == "played"
+    assert buffer.mark_echoed(mark.name).status == "unknown"
     assert buffer.statistics().marks_unknown == 2
 
 
@@ -240,18 +240,19 @@ def test_barge_in_drops_exactly_what_was_not_sent() -> None:
     assert len(caller.heard) + stats.dropped_ms_on_clear * 8 == len(pushed)
 
 
-def test_late_audio_of_a_cleared_response_is_dropped() -> None:
-    """Audio and end_response for a response cut off by clear are dropped and counted (P5)."""
+def test_audio_of_a_cleared_response_is_refused() -> None:
+    """Pushing audio for a response cut off by clear is our bug (the outbound side drops late audio, P5);
+    ending it is a no-op, and the next response plays."""
     buffer = PlayoutBuffer()
     buffer.push(A, audio(800))
     buffer.poll(0.0)
     buffer.clear(0.05)
-    buffer.push(A, audio(480))
+    with pytest.raises(CallStateError, match="cut off"):
+        buffer.push(A, audio(480))
     buffer.end_response(A)
     buffer.push(B, audio(160))
     decisions = buffer.poll(0.06)
     assert [d.response_id for d in decisions if isinstance(d, SendMedia)] == [B]
-    assert buffer.statistics().late_audio_dropped_ms == 60
     assert buffer.played_ms(A) == 0
 
 
@@ -272,7 +273,7 @@ def test_clear_with_nothing_playing_or_queued_sends_nothing() -> None:
     assert buffer.clear(1.0) == []
     buffer.push(A, audio(160))
     mark = next(d for d in buffer.poll(1.0) if isinstance(d, SendMark))
-    buffer.mark_echoed(mark.name, 1.02)
+    buffer.mark_echoed(mark.name)
     assert buffer.clear(1.5) == []
     assert buffer.generation == 2
     assert buffer.statistics().clears == 0
@@ -284,7 +285,7 @@ def test_clear_while_audio_may_still_be_playing_sends_clear() -> None:
     buffer.push(A, audio(800))
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]
     for mark in marks:
-        buffer.mark_echoed(mark.name, 0.0)
+        buffer.mark_echoed(mark.name)
     assert buffer.clear(0.05) == [SendClear()]
 
 
@@ -312,7 +313,7 @@ def test_final_mark_echo_reports_response_done() -> None:
     caller = Caller()
     run(buffer, caller, 0, 20)
     assert caller.heard == audio(1600)
-    echoes = [buffer.mark_echoed(m.name, 1.0) for m in caller.marks]
+    echoes = [buffer.mark_echoed(m.name) for m in caller.marks]
     assert [e.response_done for e in echoes] == [False] * (len(echoes) - 1) + [True]
     assert echoes[-1] == MarkEcho("played", A, 200, True)
     assert len(caller.marks) == len(caller.media)
@@ -329,8 +330,8 @@ def test_end_response_after_last_frame_sent_gets_its_own_final_mark() -> None:
     assert len(second) == 1 and isinstance(second[0], SendMark)
     for decision in first:
         if isinstance(decision, SendMark):
-            assert not buffer.mark_echoed(decision.name, 0.04).response_done
-    assert buffer.mark_echoed(second[0].name, 0.04) == MarkEcho("played", A, 40, True)
+            assert not buffer.mark_echoed(decision.name).response_done
+    assert buffer.mark_echoed(second[0].name) == MarkEcho("played", A, 40, True)
 
 
 def test_response_without_audio_still_gets_a_final_mark() -> None:
@@ -340,7 +341,7 @@ def test_response_without_audio_still_gets_a_final_mark() -> None:
     assert not buffer.idle
     (mark,) = buffer.poll(0.0)
     assert isinstance(mark, SendMark)
-    assert buffer.mark_echoed(mark.name, 0.0) == MarkEcho("played", A, 0, True)
+    assert buffer.mark_echoed(mark.name) == MarkEcho("played", A, 0, True)
 
 
 def test_final_mark_waits_behind_queued_audio() -> None:
@@ -353,7 +354,7 @@ def test_final_mark_waits_behind_queued_audio() -> None:
     caller = Caller()
     run(buffer, caller, 1, 10)
     final = caller.marks[-1]
-    assert buffer.mark_echoed(final.name, 1.0) == MarkEcho("played", B, 0, True)
+    assert buffer.mark_echoed(final.name) == MarkEcho("played", B, 0, True)
 
 
 def test_final_mark_flushed_by_clear_is_not_done() -> None:
@@ -363,7 +364,7 @@ def test_final_mark_flushed_by_clear_is_not_done() -> None:
     buffer.end_response(A)
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]
     buffer.clear(0.01)
-    assert buffer.mark_echoed(marks[-1].name, 0.01) == MarkEcho("stale", A, 0, False)
+    assert buffer.mark_echoed(marks[-1].name) == MarkEcho("stale", A, 0, False)
 
 
 def test_audio_after_end_response_reopens_the_response() -> None:
@@ -378,7 +379,7 @@ def test_audio_after_end_response_reopens_the_response() -> None:
     caller.receive(0.0, early)
     run(buffer, caller, 1, 10)
     assert caller.heard == audio(480) + audio(160, 7)
-    echoes = [buffer.mark_echoed(m.name, 1.0) for m in caller.marks]
+    echoes = [buffer.mark_echoed(m.name) for m in caller.marks]
     assert [e.response_done for e in echoes] == [False, False, False, True]
 
 
@@ -440,7 +441,7 @@ def test_idle_means_nothing_queued_or_unacknowledged() -> None:
     states.append(buffer.idle)
     for decision in decisions:
         if isinstance(decision, SendMark):
-            buffer.mark_echoed(decision.name, 0.01)
+            buffer.mark_echoed(decision.name)
     states.append(buffer.idle)
     assert states == [True, False, False, True]
 
@@ -487,17 +488,17 @@ class PlayoutMachine(RuleBasedStateMachine):
         self.generation_sent = 0
         self.total_sent = 0
         self.dropped = 0
-        self.late = 0
         self.outstanding: list[tuple[MarkName, int]] = []
         self.names: set[str] = set()
 
     def _push(self, rid: ResponseId, n_bytes: int) -> None:
         data = audio(n_bytes, self.seed)
         self.seed += n_bytes
-        self.buffer.push(rid, data)
         if rid in self.cut:
-            self.late += n_bytes
+            with pytest.raises(CallStateError):
+                self.buffer.push(rid, data)
             return
+        self.buffer.push(rid, data)
         self.pushed.setdefault(rid, bytearray()).extend(data)
         self.sent.setdefault(rid, bytearray())
         self.ended.discard(rid)
@@ -578,7 +579,7 @@ class PlayoutMachine(RuleBasedStateMachine):
         index = data.draw(st.integers(0, len(self.outstanding) - 1))
         name, generation = self.outstanding.pop(index)
         before = {rid: self.buffer.played_ms(rid) for rid in self.pushed}
-        echo = self.buffer.mark_echoed(name, self.now_s)
+        echo = self.buffer.mark_echoed(name)
         after = {rid: self.buffer.played_ms(rid) for rid in self.pushed}
         if generation != self.generation:
             assert echo.status == "stale" and not echo.response_done
@@ -594,7 +595,7 @@ class PlayoutMachine(RuleBasedStateMachine):
 
     @rule()
     def echo_unknown(self) -> None:
-        assert self.buffer.mark_echoed("not-a-mark", self.now_s).status == "unknown"
+        assert self.buffer.mark_echoed("not-a-mark").status == "unknown"
 
     @rule()
     def drain(self) -> None:
@@ -623,7 +624,6 @@ class PlayoutMachine(RuleBasedStateMachine):
         assert stats.queued_ms == self.buffer.queued_ms == (self.generation_pushed - self.generation_sent) // 8
         assert stats.sent_ms == self.total_sent // 8
         assert stats.dropped_ms_on_clear == self.dropped // 8
-        assert stats.late_audio_dropped_ms == self.late // 8
         assert stats.marks_sent == len(self.names)
         for rid in self.pushed:
             assert self.buffer.played_ms(rid) <= self.buffer.sent_ms(rid) == len(self.sent[rid]) // 8

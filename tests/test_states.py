@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from gateway.core.states import TRANSITIONS, CallState, Input, next_state, to_mermaid
+from gateway.core.call import CallParams
+from gateway.core.states import (
+    CALLER_AUDIO,
+    DEADLINES,
+    END_REASONS,
+    LINK_TRANSITIONS,
+    TRANSITIONS,
+    TRIGGERED,
+    CallState,
+    Input,
+    Lifecycle,
+    LinkInput,
+    LinkState,
+    next_state,
+    to_mermaid,
+)
 from gateway.errors import CallStateError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -33,9 +50,93 @@ def test_media_before_start_is_not_a_legal_transition() -> None:
 
 
 def test_local_misuse_raises() -> None:
-    """Our adapter reporting an upstream it was never asked to open is a bug and raises."""
-    with pytest.raises(CallStateError, match="upstream opened"):
-        next_state(CallState.ACTIVE, Input.UPSTREAM_OPENED)
+    """Our adapter reporting an upstream it was never asked to open, or opened twice, is a bug and raises."""
+    life = Lifecycle(0.0)
+    with pytest.raises(CallStateError, match="upstream 'opened'"):
+        life.link_event(LinkInput.OPENED)
+    life.link_event(LinkInput.OPEN)
+    life.link_event(LinkInput.OPENED)
+    with pytest.raises(CallStateError, match="upstream 'opened'"):
+        life.link_event(LinkInput.OPENED)
+
+
+def test_exactly_one_close_is_sent_per_link() -> None:
+    """However often the call asks to close the upstream, only the first close of a live link is sent."""
+    for opened in (False, True):
+        life = Lifecycle(0.0)
+        assert life.link_event(LinkInput.CLOSE) is False  # nothing was opened: nothing to close
+        life.link_event(LinkInput.OPEN)
+        if opened:
+            life.link_event(LinkInput.OPENED)
+        assert [life.link_event(LinkInput.CLOSE) for _ in range(3)] == [True, False, False]
+        life.link_event(LinkInput.CLOSED)
+        assert life.link is LinkState.CLOSED and life.link_event(LinkInput.CLOSE) is False
+
+
+def test_every_link_state_can_reach_closed() -> None:
+    """The link table lets every state but IDLE reach CLOSED (no upstream socket is left open)."""
+    for state in LinkState:
+        if state is LinkState.IDLE:
+            continue
+        seen, frontier = {state}, [state]
+        while frontier:
+            current = frontier.pop()
+            for (src, _), dst in LINK_TRANSITIONS.items():
+                if src is current and dst not in seen:
+                    seen.add(dst)
+                    frontier.append(dst)
+        assert LinkState.CLOSED in seen, state
+
+
+def test_every_deadline_is_a_call_parameter_with_a_deadline_move() -> None:
+    """Each state's deadline names a CallParams field, and the table has the move it makes."""
+    fields = {f.name for f in dataclasses.fields(CallParams)}
+    for state, deadline in DEADLINES.items():
+        assert deadline.timeout_param in fields, deadline
+        assert next_state(state, Input.DEADLINE) is not None, state
+    live = {s for s in CallState if s is not CallState.CLOSED}
+    assert set(DEADLINES) == live, "every state but CLOSED must be bounded in time"
+
+
+def test_triggered_moves_go_towards_the_end() -> None:
+    """Condition-triggered moves only ever lead out of the conversation, never back into it."""
+    order = list(CallState)
+    for (src, _), dst in TRIGGERED.items():
+        assert order.index(dst) > order.index(src)
+
+
+def test_every_move_towards_the_end_has_a_reason() -> None:
+    """Every input that leaves the conversation gives an end reason (or is a deadline, which carries its own)."""
+    endward = {CallState.SAYING_GOODBYE, CallState.ENDING, CallState.CLOSED}
+    for (src, event), dst in TRANSITIONS.items():
+        if dst in endward and src not in endward and event is not Input.DEADLINE:
+            assert event in END_REASONS, (src, event)
+
+
+def test_caller_audio_has_a_route_in_every_state_that_accepts_it() -> None:
+    """Each state that accepts caller media says whether it holds, forwards or drops it."""
+    accepting = {s for (s, e), _ in TRANSITIONS.items() if e is Input.MEDIA and s is not CallState.CLOSED}
+    assert accepting == set(CALLER_AUDIO)
+
+
+def test_only_states_py_assigns_a_call_state() -> None:
+    """No module but gateway/core/states.py assigns a CallState (h11's rule: the machine lives in one module)."""
+    package = Path(__file__).resolve().parent.parent / "gateway"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name == "states.py" and path.parent.name == "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value is not None:
+                value = node.value
+                if isinstance(value, ast.Attribute) and ast.unparse(value.value) == "CallState":
+                    offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Attribute) and target.attr == "state":
+                        if "_State." not in ast.unparse(node.value):  # playout.py's per-response state
+                            offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert offenders == []
 
 
 def test_every_live_state_can_reach_closed() -> None:

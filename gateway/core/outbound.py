@@ -1,23 +1,26 @@
-"""Upstream audio → the caller: WAV chunk → resampled μ-law → playout buffer (DESIGN.md "Audio decisions").
+"""The agent's voice towards the caller: the one interface the call uses for outbound audio.
 
-Owns the call's one outbound transcoder. evi-protocol.md §4.2: each chunk is a whole WAV file whose header
-gives the rate (24 or 48 kHz both occur), so the transcoder is rebuilt (after a flush) if the rate changes.
-audio-path-baseline.md: soxr holds audio back, so the transcoder is flushed when a response ends, when the
-response id changes, and when upstream audio pauses longer than the playout lead — no audio is ever stuck.
+WAV chunk → resampled μ-law → playout buffer → decisions for Twilio (docs/audio-path.md "Outbound").
+Owns the call's one outbound transcoder: each chunk is a whole WAV file whose header gives the rate
+(docs/evi-protocol.md §4.2: 24 and 48 kHz both occur), so the transcoder is rebuilt (after a flush) when the
+rate changes. soxr holds audio back, so the transcoder is flushed when a response ends, when the response id
+changes, and when upstream audio pauses longer than the playout lead — no audio is ever stuck.
+
+Barge-in lives here and only here (docs/audio-path.md "Barge-in"): :meth:`OutboundAudio._cut_off` is the
+one place the agent is interrupted — on the upstream's ``user_interruption``, or when the caller speaks
+over playout the upstream has finished generating (it sends no interruption then) — and :meth:`agent_audio`
+is the one place late audio of a cut response is dropped, before it reaches the resampler.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from gateway.codecs.resample import Quality
 from gateway.codecs.transcode import OutboundTranscoder
 from gateway.codecs.wav import read_wav
-from gateway.core.playout import PlayoutBuffer, PlayoutParams, SendClear, SendMark, SendMedia
+from gateway.core.playout import MarkEcho, PlayoutBuffer, PlayoutDecision, PlayoutParams, PlayoutStats
 from gateway.ids import ResponseId
-
-_REMEMBERED_INTERRUPTED_IDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,38 +29,41 @@ class OutboundStats:
 
     chunks: int
     chunks_dropped_late: int
+    """Chunks of a response already cut off by barge-in (docs/twilio-media-streams.md P5)."""
     responses: int
     upstream_audio_ms: float
+    barge_ins: int = 0
+    """Times the agent was cut off (by the upstream's interruption or by the caller talking over playout)."""
 
 
 class OutboundAudio:
-    """Turns upstream WAV chunks into paced playout decisions."""
+    """Turns upstream WAV chunks into paced playout decisions, and decides barge-in."""
 
     def __init__(self, params: PlayoutParams, quality: Quality = "HQ") -> None:
-        self.playout = PlayoutBuffer(params)
+        self._playout = PlayoutBuffer(params)
         self._quality: Quality = quality
         self._pause_flush_s = params.lead_ms / 1000
         self._transcoder: OutboundTranscoder | None = None
         self._current: ResponseId | None = None
         self._last_audio_s: float | None = None
-        self._interrupted: deque[ResponseId] = deque(maxlen=_REMEMBERED_INTERRUPTED_IDS)
+        self._cut: set[ResponseId] = set()
+        self._turn_over = True
         self._chunks = 0
         self._chunks_dropped_late = 0
         self._responses = 0
         self._upstream_audio_ms = 0.0
+        self._barge_ins = 0
 
-    @property
-    def current_response(self) -> ResponseId | None:
-        """The response whose audio is being received, if any."""
-        return self._current
+    # ------------------------------------------------------------------ the upstream's side
 
-    def audio(self, response_id: ResponseId, wav: bytes, now_s: float) -> None:
-        """Queue one upstream chunk. Raises AudioFormatError for a bad WAV (nothing is queued then)."""
-        if response_id in self._interrupted:
-            # twilio-media-streams.md P5: late audio of an interrupted response is dropped.
+    def agent_audio(self, response_id: ResponseId, wav: bytes, now_s: float) -> list[PlayoutDecision]:
+        """Queue one upstream chunk and release what is due. Raises AudioFormatError for a bad WAV (nothing is
+        queued then). Late audio of a cut response is dropped here (docs/twilio-media-streams.md P5)."""
+        if response_id in self._cut:
             self._chunks_dropped_late += 1
-            return
+            return []
         chunk = read_wav(wav)
+        self._turn_over = False
         self._chunks += 1
         self._upstream_audio_ms += chunk.duration_ms
         if response_id != self._current:
@@ -67,37 +73,88 @@ class OutboundAudio:
         if self._transcoder is None or self._transcoder.in_rate_hz != chunk.rate_hz:
             self._flush_into_playout()
             self._transcoder = OutboundTranscoder(chunk.rate_hz, self._quality)
-        self.playout.push(response_id, self._transcoder.process(chunk.pcm16))
+        self._playout.push(response_id, self._transcoder.process(chunk.pcm16))
         self._last_audio_s = now_s
+        return self.poll(now_s)
 
-    def turn_end(self) -> None:
-        """The upstream finished this turn: release the resampler tail and close the response."""
+    def agent_turn_end(self, now_s: float) -> list[PlayoutDecision]:
+        """The upstream finished this turn: release the resampler tail, close the response, release what is due."""
         self._finish_current()
+        self._turn_over = True
+        return self.poll(now_s)
 
-    def interrupt(self, now_s: float) -> list[SendClear]:
-        """Barge-in: drop queued and held audio; late chunks of the cut response will be dropped."""
+    def upstream_gone(self) -> None:
+        """The upstream is closing: no more audio comes, so release the resampler tail of a cut-off response."""
+        self._finish_current()
+        self._turn_over = True
+
+    # ------------------------------------------------------------------ barge-in
+
+    def user_interrupted(self, now_s: float) -> list[PlayoutDecision]:
+        """The upstream says the caller interrupted (docs/evi-protocol.md §3): cut the agent off at once."""
+        return self._cut_off(now_s)
+
+    def user_spoke(self, now_s: float) -> list[PlayoutDecision]:
+        """The caller said something. Once the upstream has finished generating it sends no interruption, so a
+        caller speaking over our remaining playout cuts it off here (docs/audio-path.md "Barge-in")."""
+        if self._turn_over and not self._playout.idle:
+            return self._cut_off(now_s)
+        return []
+
+    def _cut_off(self, now_s: float) -> list[PlayoutDecision]:
+        # docs/twilio-media-streams.md P3/P5: clear Twilio's buffer at once; the cut response's late audio
+        # will be dropped; the resampler's held samples belong to it and are discarded.
+        self._barge_ins += 1
         if self._current is not None:
-            self._interrupted.append(self._current)
+            self._cut.add(self._current)
             self._current = None
         if self._transcoder is not None:
             self._transcoder.reset()
-        return self.playout.clear(now_s)
+        self._last_audio_s = None
+        self._turn_over = True
+        return list(self._playout.clear(now_s))
 
-    def poll(self, now_s: float) -> list[SendMedia | SendMark]:
+    # ------------------------------------------------------------------ Twilio's side
+
+    def poll(self, now_s: float) -> list[PlayoutDecision]:
         """Per tick: flush the resampler after a pause, then let the playout buffer pace what is due."""
         if self._last_audio_s is not None and now_s - self._last_audio_s >= self._pause_flush_s:
             self._flush_into_playout()
             self._last_audio_s = None
-        return self.playout.poll(now_s)
+        return list(self._playout.poll(now_s))
+
+    def mark_echoed(self, name: str) -> MarkEcho:
+        """Twilio echoed mark ``name`` (docs/twilio-media-streams.md §1.5)."""
+        return self._playout.mark_echoed(name)
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or held, and everything sent has been played (its marks echoed)."""
+        return self._playout.idle
+
+    @property
+    def agent_turn_over(self) -> bool:
+        """No more audio of the agent's current turn is expected (it ended or was cut off)."""
+        return self._turn_over
 
     def statistics(self) -> OutboundStats:
         """Counters since the call began."""
-        return OutboundStats(self._chunks, self._chunks_dropped_late, self._responses, self._upstream_audio_ms)
+        return OutboundStats(
+            self._chunks, self._chunks_dropped_late, self._responses, self._upstream_audio_ms, self._barge_ins
+        )
+
+    def playout_statistics(self) -> PlayoutStats:
+        """The playout buffer's counters."""
+        return self._playout.statistics()
+
+    # ------------------------------------------------------------------ internals
 
     def _finish_current(self) -> None:
         self._flush_into_playout()
         if self._current is not None:
-            self.playout.end_response(self._current)
+            self._playout.end_response(self._current)
             self._current = None
         self._last_audio_s = None
 
@@ -106,4 +163,4 @@ class OutboundAudio:
             return
         tail = self._transcoder.flush()
         if tail:
-            self.playout.push(self._current, tail)
+            self._playout.push(self._current, tail)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS, Framer
-from gateway.errors import ConfigError
+from gateway.errors import CallStateError, ConfigError
 from gateway.ids import MarkName, ResponseId
 
 # Float slack for comparing times built from sums of frame durations (1 µs, far below one sample).
@@ -100,7 +100,6 @@ class PlayoutStats:
     marks_stale: int
     marks_unknown: int
     dropped_ms_on_clear: int
-    late_audio_dropped_ms: int
     underruns: int
     """Episodes where the caller's buffer ran dry in the middle of a response."""
     clears: int
@@ -112,7 +111,7 @@ class _State(enum.Enum):
     OPEN = "open"  # audio may still come
     ENDED = "ended"  # end_response called; the final mark is queued or sent
     DONE = "done"  # the final mark was echoed before any clear: heard in full
-    CUT = "cut"  # interrupted by clear(); late audio is dropped
+    CUT = "cut"  # interrupted by clear(); no more audio may be pushed
 
 
 @dataclass(slots=True, eq=False)
@@ -178,7 +177,6 @@ class PlayoutBuffer:
         self._marks_stale = 0
         self._marks_unknown = 0
         self._dropped_bytes_on_clear = 0
-        self._late_bytes_dropped = 0
         self._underruns = 0
         self._clears = 0
 
@@ -188,16 +186,16 @@ class PlayoutBuffer:
         """Queue μ-law audio of a response, cut into ``frame_ms`` frames of the current generation.
 
         A partial trailing frame waits for more audio of the same response or for ``end_response``.
-        Audio of a response cut off by ``clear`` is dropped and counted (P5). Audio for a response that
-        was already ended re-opens it (upstream ids may interleave, evi-protocol.md §3): nothing is lost,
-        and its final mark moves to after the new audio.
+        Audio for a response that was already ended re-opens it (upstream ids may interleave,
+        evi-protocol.md §3): nothing is lost, and its final mark moves to after the new audio. Audio of a
+        response cut off by ``clear`` is refused with :class:`CallStateError`: the outbound side drops late
+        audio before it is decoded (P5), so pushing it here is our bug.
         """
         response = self._responses.get(response_id)
         if response is None:
             response = self._open(response_id)
         elif response.state is _State.CUT:
-            self._late_bytes_dropped += len(ulaw)
-            return
+            raise CallStateError(f"audio pushed for response {response_id!r}, which clear() cut off")
         elif response.state is not _State.OPEN:
             self._reopen(response)
         if not ulaw:
@@ -248,8 +246,8 @@ class PlayoutBuffer:
     def clear(self, now_s: float) -> list[SendClear]:
         """Barge-in (P3): flush Twilio if it may still be playing or we hold audio; start a new generation.
 
-        Every queued frame is dropped and counted, every unfinished response is cut off (its late audio
-        will be dropped, P5), and marks outstanding now become stale (P6).
+        Every queued frame is dropped and counted, every unfinished response is cut off (no more audio may
+        be pushed for it, P5), and marks outstanding now become stale (P6).
         """
         playing = self._play_end_s > now_s + _EPSILON_S or self._unacked_marks > 0
         holding = self._queued_bytes + self._partial_bytes > 0
@@ -271,11 +269,9 @@ class PlayoutBuffer:
         self._in_underrun = False
         return decisions
 
-    def mark_echoed(self, name: str, now_s: float) -> MarkEcho:
-        """Account for Twilio's echo of mark ``name`` (§1.5). Unknown and repeated names are tolerated.
-
-        ``now_s`` is accepted for symmetry with the other inputs; the echo itself carries the position.
-        """
+    def mark_echoed(self, name: str) -> MarkEcho:
+        """Account for Twilio's echo of mark ``name`` (§1.5); the echo itself carries the position.
+        Unknown and repeated names are tolerated."""
         record = self._marks.pop(MarkName(name), None)
         if record is None:
             self._marks_unknown += 1
@@ -339,7 +335,6 @@ class PlayoutBuffer:
             marks_stale=self._marks_stale,
             marks_unknown=self._marks_unknown,
             dropped_ms_on_clear=self._dropped_bytes_on_clear // ULAW_BYTES_PER_MS,
-            late_audio_dropped_ms=self._late_bytes_dropped // ULAW_BYTES_PER_MS,
             underruns=self._underruns,
             clears=self._clears,
             generation=self._generation,

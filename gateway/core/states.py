@@ -1,15 +1,27 @@
-"""The call's states and every legal transition, in one table (h11 style).
+"""A call's whole lifecycle as data (h11's rule: everything that moves the state machine lives here).
 
-Each input to :class:`gateway.core.call.Call` is first classified into an :class:`Input`; the pair
-``(state, input)`` then picks the next state from :data:`TRANSITIONS`. A pair missing from the table is
-illegal: :func:`next_state` raises :class:`~gateway.errors.CallStateError` for local inputs (our own
-adapter misusing the core) and returns ``None`` for remote ones, which the call handles as a protocol
-violation. The README's diagram is generated from this table by :func:`to_mermaid`.
+Two small machines, one table each:
+
+- the **call** (:class:`CallState`): every input :class:`gateway.core.call.Call` receives is first
+  classified into an :class:`Input`; ``(state, input)`` picks the next state from :data:`TRANSITIONS`.
+  Some moves are triggered by a condition rather than an input (:data:`TRIGGERED`: the goodbye has
+  arrived, playout has drained) or by the clock (:data:`DEADLINES`). What each state does with caller and
+  agent audio is data too (:data:`CALLER_AUDIO`, :data:`AGENT_AUDIO`).
+- the **upstream link** (:class:`LinkState`): whether an upstream socket was asked for, is open, or is
+  being closed, so that exactly one close is ever sent (:data:`LINK_TRANSITIONS`).
+
+A pair missing from a table is illegal. For the call, an illegal remote input is a protocol violation of
+its side (``Call`` handles it; nothing is mutated); an illegal local input — our adapter misusing the core
+— raises :class:`~gateway.errors.CallStateError`. :class:`Lifecycle` is the only place a state is
+assigned. The README's diagram is generated from these tables by :func:`to_mermaid`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from gateway.errors import CallStateError
 
@@ -20,12 +32,15 @@ class CallState(enum.Enum):
     AWAITING_START = "awaiting start"
     CONNECTING_UPSTREAM = "connecting upstream"
     ACTIVE = "active"
+    SAYING_GOODBYE = "saying goodbye"
+    """The agent asked to hang up (docs/evi-protocol.md §6); its goodbye is still arriving."""
     ENDING = "ending"
+    """The upstream is closed or closing; the caller hears what is queued, then the stream closes."""
     CLOSED = "closed"
 
 
 class Input(enum.Enum):
-    """Classified inputs. ``local`` ones come from our adapter, the rest from a peer or the clock."""
+    """Classified inputs of the call, from Twilio, the upstream, our adapter or the clock."""
 
     CONNECTED = "twilio connected"
     START = "twilio start"
@@ -37,7 +52,6 @@ class Input(enum.Enum):
     TWILIO_IGNORED = "twilio unknown/ignored"
     TWILIO_VIOLATION = "twilio protocol error"
     TWILIO_CLOSED = "twilio closed"
-    UPSTREAM_OPENED = "upstream opened"
     UPSTREAM_READY = "upstream ready"
     UPSTREAM_EVENT = "upstream event"
     UPSTREAM_FAULT = "upstream error"
@@ -45,21 +59,49 @@ class Input(enum.Enum):
     UPSTREAM_CLOSED = "upstream closed"
     TICK = "tick"
     DEADLINE = "deadline"
-    DRAINED = "drained"
 
     @property
-    def local(self) -> bool:
-        """True for inputs only our adapter can produce; misusing them is our bug."""
-        return self in _LOCAL_INPUTS
+    def from_twilio(self) -> bool:
+        """True for inputs read off the Media Stream socket."""
+        return self.value.startswith("twilio")
 
 
-_LOCAL_INPUTS = frozenset({Input.UPSTREAM_OPENED})
+class Condition(enum.Enum):
+    """Facts about the call's audio that trigger a transition when they hold (checked after every input)."""
+
+    AGENT_TURN_OVER = "goodbye received"
+    """No more audio of the agent's current turn is coming (it ended, or was interrupted)."""
+    PLAYOUT_IDLE = "playout drained"
+    """Everything sent to Twilio has been played (its marks echoed) and nothing is queued."""
+
+
+class EndReason(enum.Enum):
+    """Why a call ended: the first cause, recorded when the call leaves the conversation (:data:`ENDWARD`)."""
+
+    TWILIO_STOP = "twilio_stop"
+    TWILIO_CLOSED = "twilio_closed"
+    TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
+    START_REJECTED = "start_rejected"
+    START_TIMEOUT = "start_timeout"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    MAX_DURATION = "max_duration"
+    HANG_UP = "hang_up"
+
 
 S = CallState
 I = Input  # noqa: E741
+C = Condition
+
+_LIVE = (S.CONNECTING_UPSTREAM, S.ACTIVE, S.SAYING_GOODBYE, S.ENDING)
+ENDWARD = frozenset({S.SAYING_GOODBYE, S.ENDING, S.CLOSED})
+"""States past the conversation: the first move into one of them records the call's end reason."""
+
 
 TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
-    # twilio-media-streams.md §0: connected, then start, then media.
+    # docs/twilio-media-streams.md §0: connected, then start, then media. Anything else first is refused,
+    # and a refused Twilio input is a protocol violation, which before `start` closes the stream.
     (S.AWAITING_START, I.CONNECTED): S.AWAITING_START,
     (S.AWAITING_START, I.START): S.CONNECTING_UPSTREAM,
     (S.AWAITING_START, I.START_REJECTED): S.CLOSED,
@@ -70,77 +112,249 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.AWAITING_START, I.TICK): S.AWAITING_START,
     (S.AWAITING_START, I.DEADLINE): S.CLOSED,
     # Caller audio is held in a bounded pre-roll while the upstream connects.
-    (S.CONNECTING_UPSTREAM, I.MEDIA): S.CONNECTING_UPSTREAM,
-    (S.CONNECTING_UPSTREAM, I.MARK): S.CONNECTING_UPSTREAM,
-    (S.CONNECTING_UPSTREAM, I.DTMF): S.CONNECTING_UPSTREAM,
-    (S.CONNECTING_UPSTREAM, I.TWILIO_IGNORED): S.CONNECTING_UPSTREAM,
-    (S.CONNECTING_UPSTREAM, I.TWILIO_VIOLATION): S.CONNECTING_UPSTREAM,
-    (S.CONNECTING_UPSTREAM, I.UPSTREAM_OPENED): S.CONNECTING_UPSTREAM,
     (S.CONNECTING_UPSTREAM, I.UPSTREAM_READY): S.ACTIVE,
-    (S.CONNECTING_UPSTREAM, I.UPSTREAM_EVENT): S.CONNECTING_UPSTREAM,
     (S.CONNECTING_UPSTREAM, I.UPSTREAM_FAULT): S.ENDING,
     (S.CONNECTING_UPSTREAM, I.UPSTREAM_CLOSED): S.ENDING,
-    (S.CONNECTING_UPSTREAM, I.STOP): S.CLOSED,
-    (S.CONNECTING_UPSTREAM, I.TWILIO_CLOSED): S.CLOSED,
-    (S.CONNECTING_UPSTREAM, I.TICK): S.CONNECTING_UPSTREAM,
     (S.CONNECTING_UPSTREAM, I.DEADLINE): S.ENDING,
     # The conversation.
-    (S.ACTIVE, I.MEDIA): S.ACTIVE,
-    (S.ACTIVE, I.MARK): S.ACTIVE,
-    (S.ACTIVE, I.DTMF): S.ACTIVE,
-    (S.ACTIVE, I.TWILIO_IGNORED): S.ACTIVE,
-    (S.ACTIVE, I.TWILIO_VIOLATION): S.ACTIVE,
-    (S.ACTIVE, I.UPSTREAM_EVENT): S.ACTIVE,
     (S.ACTIVE, I.UPSTREAM_FAULT): S.ENDING,
-    (S.ACTIVE, I.HANG_UP): S.ENDING,
+    (S.ACTIVE, I.HANG_UP): S.SAYING_GOODBYE,
     (S.ACTIVE, I.UPSTREAM_CLOSED): S.ENDING,
-    (S.ACTIVE, I.STOP): S.CLOSED,
-    (S.ACTIVE, I.TWILIO_CLOSED): S.CLOSED,
-    (S.ACTIVE, I.TICK): S.ACTIVE,
     (S.ACTIVE, I.DEADLINE): S.ENDING,
-    # Ending: upstream is gone or going; let the caller hear what was already queued, then hang up.
-    (S.ENDING, I.MEDIA): S.ENDING,
-    (S.ENDING, I.MARK): S.ENDING,
-    (S.ENDING, I.DTMF): S.ENDING,
-    (S.ENDING, I.TWILIO_IGNORED): S.ENDING,
-    (S.ENDING, I.TWILIO_VIOLATION): S.ENDING,
-    (S.ENDING, I.UPSTREAM_OPENED): S.ENDING,
+    # The agent said it will hang up: its goodbye still arrives and plays (see TRIGGERED).
+    (S.SAYING_GOODBYE, I.HANG_UP): S.SAYING_GOODBYE,
+    (S.SAYING_GOODBYE, I.UPSTREAM_FAULT): S.ENDING,
+    (S.SAYING_GOODBYE, I.UPSTREAM_CLOSED): S.ENDING,
+    (S.SAYING_GOODBYE, I.DEADLINE): S.ENDING,
+    # Ending: the upstream is gone or going; the caller hears what was queued (see TRIGGERED).
     (S.ENDING, I.UPSTREAM_READY): S.ENDING,
-    (S.ENDING, I.UPSTREAM_EVENT): S.ENDING,
     (S.ENDING, I.UPSTREAM_FAULT): S.ENDING,
     (S.ENDING, I.HANG_UP): S.ENDING,
     (S.ENDING, I.UPSTREAM_CLOSED): S.ENDING,
-    (S.ENDING, I.TICK): S.ENDING,
-    (S.ENDING, I.DRAINED): S.CLOSED,
     (S.ENDING, I.DEADLINE): S.CLOSED,
-    (S.ENDING, I.STOP): S.CLOSED,
-    (S.ENDING, I.TWILIO_CLOSED): S.CLOSED,
+}
+# In every live state: Twilio's frames and the clock move nothing, the caller leaving ends the call at once
+# (docs/twilio-media-streams.md P7: `stop` also follows a REST redirect), and upstream events are handled.
+for _state in _LIVE:
+    for _event in (I.MEDIA, I.MARK, I.DTMF, I.TWILIO_IGNORED, I.TWILIO_VIOLATION, I.TICK, I.UPSTREAM_EVENT):
+        TRANSITIONS[(_state, _event)] = _state
+    TRANSITIONS[(_state, I.STOP)] = S.CLOSED
+    TRANSITIONS[(_state, I.TWILIO_CLOSED)] = S.CLOSED
+# CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
+for _event in Input:
+    TRANSITIONS[(S.CLOSED, _event)] = S.CLOSED
+
+TRIGGERED: dict[tuple[CallState, Condition], CallState] = {
+    # docs/evi-protocol.md §6: hang up once the goodbye has been received in full …
+    (S.SAYING_GOODBYE, C.AGENT_TURN_OVER): S.ENDING,
+    # … and close the stream once the caller has heard everything queued.
+    (S.ENDING, C.PLAYOUT_IDLE): S.CLOSED,
 }
 
-# CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
-for _input in Input:
-    TRANSITIONS[(S.CLOSED, _input)] = S.CLOSED
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """How long a state may last: ``timeout_param`` (a ``CallParams`` field, seconds) counted ``since``."""
+
+    timeout_param: str
+    since: Literal["created", "started", "entered"]
+    """``created``: the socket was accepted; ``started``: Twilio's ``start``; ``entered``: this state began."""
+    reason: EndReason | None
+    """The end reason when the deadline is the first cause; None where the call is already ending."""
+    detail: str
+    """What happened, with ``{timeout_s}`` for the limit (appended to the end detail if not the first cause)."""
+
+
+DEADLINES: dict[CallState, Deadline] = {
+    S.AWAITING_START: Deadline(
+        "start_timeout_s", "created", EndReason.START_TIMEOUT, "no valid start within {timeout_s:g} s"
+    ),
+    S.CONNECTING_UPSTREAM: Deadline(
+        "upstream_connect_timeout_s", "started", EndReason.UPSTREAM_TIMEOUT, "upstream not ready within {timeout_s:g} s"
+    ),
+    S.ACTIVE: Deadline(
+        "max_duration_s", "started", EndReason.MAX_DURATION, "call reached max duration {timeout_s:g} s"
+    ),
+    S.SAYING_GOODBYE: Deadline("goodbye_timeout_s", "entered", None, "goodbye not received within {timeout_s:g} s"),
+    S.ENDING: Deadline("drain_timeout_s", "entered", None, "playout did not drain in {timeout_s:g} s"),
+}
+
+END_REASONS: dict[Input, EndReason] = {
+    I.START_REJECTED: EndReason.START_REJECTED,
+    I.TWILIO_VIOLATION: EndReason.TWILIO_PROTOCOL_ERROR,
+    I.STOP: EndReason.TWILIO_STOP,
+    I.TWILIO_CLOSED: EndReason.TWILIO_CLOSED,
+    I.UPSTREAM_FAULT: EndReason.UPSTREAM_ERROR,
+    I.UPSTREAM_CLOSED: EndReason.UPSTREAM_CLOSED,
+    I.HANG_UP: EndReason.HANG_UP,
+}
+"""The end reason an input gives when it moves the call towards its end (deadlines give their own)."""
+
+CLOSE_CODES: dict[EndReason, int] = {
+    EndReason.START_REJECTED: 1008,
+    EndReason.TWILIO_PROTOCOL_ERROR: 1008,
+    EndReason.START_TIMEOUT: 1008,
+}
+"""WebSocket close code of the Media Stream per end reason (RFC 6455 §7.4.1: 1008 policy violation); else 1000."""
+
+CALLER_AUDIO: dict[CallState, Literal["hold", "forward", "drop"]] = {
+    S.CONNECTING_UPSTREAM: "hold",
+    S.ACTIVE: "forward",
+    S.SAYING_GOODBYE: "forward",
+    S.ENDING: "drop",
+}
+"""What each state does with caller audio (and keypresses, which are forwarded only where audio is)."""
+
+AGENT_AUDIO: frozenset[CallState] = frozenset({S.ACTIVE, S.SAYING_GOODBYE})
+"""States in which upstream audio is queued for the caller; elsewhere it is dropped."""
+
+
+# ---------------------------------------------------------------------------------- the upstream link
+
+
+class LinkState(enum.Enum):
+    """The upstream socket, as far as the call knows."""
+
+    IDLE = "not asked for"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    """We asked for it to close (it may still be connecting: the adapter closes it once it opens)."""
+    CLOSED = "closed"
+
+
+class LinkInput(enum.Enum):
+    """What moves the link: our own decisions (open, close) and our adapter's reports (opened, closed)."""
+
+    OPEN = "open"
+    OPENED = "opened"
+    CLOSE = "close"
+    CLOSED = "closed"
+
+
+L = LinkState
+LI = LinkInput
+
+LINK_TRANSITIONS: dict[tuple[LinkState, LinkInput], LinkState] = {
+    (L.IDLE, LI.OPEN): L.CONNECTING,
+    (L.IDLE, LI.CLOSE): L.IDLE,
+    (L.CONNECTING, LI.OPENED): L.OPEN,
+    (L.CONNECTING, LI.CLOSE): L.CLOSING,
+    (L.CONNECTING, LI.CLOSED): L.CLOSED,
+    (L.OPEN, LI.CLOSE): L.CLOSING,
+    (L.OPEN, LI.CLOSED): L.CLOSED,
+    (L.CLOSING, LI.OPENED): L.CLOSING,
+    (L.CLOSING, LI.CLOSE): L.CLOSING,
+    (L.CLOSING, LI.CLOSED): L.CLOSED,
+    (L.CLOSED, LI.CLOSE): L.CLOSED,
+}
+"""Every report the adapter can legally make; anything else (e.g. ``opened`` twice) is our bug."""
+
+
+# ---------------------------------------------------------------------------------- the one assigner
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One decided move of the call, not yet made."""
+
+    source: CallState
+    target: CallState
+    cause: Input | Condition
+
+    @property
+    def moves(self) -> bool:
+        """True when the state changes."""
+        return self.source is not self.target
+
+
+class Lifecycle:
+    """The call's and the link's current states, when each began, and the end reason; nothing else."""
+
+    def __init__(self, now: float) -> None:
+        self.state = CallState.AWAITING_START
+        self.link = LinkState.IDLE
+        self.end_reason: EndReason | None = None
+        self.end_detail = ""
+        self._anchors_s: dict[str, float] = {"created": now, "entered": now}
+
+    # -- the call
+
+    def decide(self, event: Input) -> Transition | None:
+        """The move ``event`` makes now; ``None`` when the table refuses it. Changes nothing."""
+        target = TRANSITIONS.get((self.state, event))
+        return None if target is None else Transition(self.state, target, event)
+
+    def triggered(self, holds: dict[Condition, bool]) -> Transition | None:
+        """The move a condition that holds now triggers, if any. Changes nothing."""
+        for condition in Condition:
+            target = TRIGGERED.get((self.state, condition))
+            if target is not None and holds[condition]:
+                return Transition(self.state, target, condition)
+        return None
+
+    def overdue(self, now: float, timeouts_s: Mapping[str, float]) -> tuple[Transition, EndReason | None, str] | None:
+        """The deadline move if the current state has outlived its deadline at ``now``. Changes nothing.
+
+        ``timeouts_s`` maps each :attr:`Deadline.timeout_param` to its value in seconds.
+        """
+        deadline = DEADLINES.get(self.state)
+        if deadline is None:
+            return None
+        timeout_s = timeouts_s[deadline.timeout_param]
+        if now - self._anchors_s[deadline.since] < timeout_s:
+            return None
+        transition = self.decide(Input.DEADLINE)
+        assert transition is not None, f"DEADLINES lists {self.state} but TRANSITIONS has no deadline move"
+        return transition, deadline.reason, deadline.detail.format(timeout_s=timeout_s)
+
+    def commit(self, transition: Transition, now: float, reason: EndReason | None = None, detail: str = "") -> None:
+        """Make a decided move. The first move into :data:`ENDWARD` records the end reason (``reason``, else
+        the input's from :data:`END_REASONS`) and ``detail``; a later move's detail is appended."""
+        if transition.source is not self.state:
+            raise CallStateError(f"stale transition from {transition.source.value!r}; the call is {self.state.value!r}")
+        if transition.cause is Input.START:
+            self._anchors_s["started"] = now
+        if transition.moves:
+            self._anchors_s["entered"] = now
+            if transition.target in ENDWARD and self.end_reason is None:
+                cause = transition.cause
+                self.end_reason = reason or (END_REASONS.get(cause) if isinstance(cause, Input) else None)
+                self.end_detail = detail
+            elif transition.target in ENDWARD and detail:
+                self.end_detail = f"{self.end_detail}; {detail}" if self.end_detail else detail
+        self.state = transition.target
+
+    def since_s(self, anchor: Literal["created", "started", "entered"]) -> float | None:
+        """When ``anchor`` happened (``started`` is None before Twilio's ``start``)."""
+        return self._anchors_s.get(anchor)
+
+    # -- the link
+
+    def link_event(self, event: LinkInput) -> bool:
+        """Move the link; True when ``close`` must now be sent (the first close of a live link)."""
+        target = LINK_TRANSITIONS.get((self.link, event))
+        if target is None:
+            raise CallStateError(f"upstream {event.value!r} is not allowed while the link is {self.link.value!r}")
+        source, self.link = self.link, target
+        return event is LinkInput.CLOSE and source in (L.CONNECTING, L.OPEN)
 
 
 def next_state(state: CallState, event: Input) -> CallState | None:
-    """The state after ``event`` in ``state``; ``None`` for an illegal remote input."""
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        if event.local:
-            raise CallStateError(f"{event.value!r} is not allowed in state {state.value!r}") from None
-        return None
+    """The state after ``event`` in ``state``; ``None`` for an illegal input."""
+    return TRANSITIONS.get((state, event))
 
 
 def to_mermaid() -> str:
-    """The state diagram (Mermaid ``stateDiagram-v2``), one arrow per (state, next) with its inputs."""
+    """The state diagram (Mermaid ``stateDiagram-v2``): one arrow per (state, next) with its causes."""
     edges: dict[tuple[CallState, CallState], list[str]] = {}
     for (src, event), dst in TRANSITIONS.items():
-        if src is dst:
-            continue
-        edges.setdefault((src, dst), []).append(event.value)
+        if src is not dst:
+            edges.setdefault((src, dst), []).append(event.value)
+    for (src, condition), dst in TRIGGERED.items():
+        edges.setdefault((src, dst), []).append(f"when {condition.value}")
     lines = ["stateDiagram-v2", f"    [*] --> {S.AWAITING_START.name}"]
-    for (src, dst), events in edges.items():
-        lines.append(f"    {src.name} --> {dst.name}: {', '.join(events)}")
+    for (src, dst), causes in edges.items():
+        lines.append(f"    {src.name} --> {dst.name}: {', '.join(causes)}")
     lines.append(f"    {S.CLOSED.name} --> [*]")
     return "\n".join(lines)

@@ -1,30 +1,13 @@
-"""Why a call ended, and the one snapshot of its counters that is logged when it does."""
+"""The one snapshot of a call's counters that is logged when it ends (its end reason: gateway.core.states)."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.core.inbound import InboundStats, PreRollStats
 from gateway.core.outbound import OutboundStats
 from gateway.core.playout import PlayoutStats
-
-
-class EndReason(enum.Enum):
-    """Why a call ended."""
-
-    TWILIO_STOP = "twilio_stop"
-    TWILIO_CLOSED = "twilio_closed"
-    TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
-    START_REJECTED = "start_rejected"
-    START_TIMEOUT = "start_timeout"
-    UPSTREAM_CLOSED = "upstream_closed"
-    UPSTREAM_ERROR = "upstream_error"
-    UPSTREAM_TIMEOUT = "upstream_timeout"
-    MAX_DURATION = "max_duration"
-    HANG_UP = "hang_up"
-    DRAIN_TIMEOUT = "drain_timeout"
 
 
 @dataclass(frozen=True, slots=True)
