@@ -2,6 +2,9 @@
 
 :class:`CallDriver` plays Twilio and the upstream against one ``Call`` on a simulated clock, using the real
 wire builders, and keeps every action the call returned so tests can read them back as parsed messages.
+What the call sends to Twilio goes through Twilio's playback model
+(:class:`~gateway.simulator.twilio_playback.TwilioPlayback`), which plays one frame per tick, so marks are
+echoed back when playback reaches them — not at once — and ``clear`` echoes every pending mark.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
 from gateway.codecs.wav import write_wav
 from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
 from gateway.core.call import Call, CallParams, TokenRedeemer
+from gateway.simulator.twilio_playback import MarkEcho, TwilioPlayback
 from gateway.wire import evi_messages as evi
 from gateway.wire import twilio_media as tw
 from gateway.wire.evi_codec import EviCodec
@@ -41,10 +45,15 @@ class CallDriver:
         self._seq = 0
         self._chunk = 0
         self._media_ms = 0
-        self._echoed: set[str] = set()
+        self.playback = TwilioPlayback(FRAME_MS)
+        """Twilio's playback buffer: what the caller has heard, on the media clock of :meth:`advance`."""
+        self._echoes: list[MarkEcho] = []
 
     def _record(self, actions: list[Action]) -> list[Action]:
         self.actions.extend(actions)
+        for action in actions:
+            if isinstance(action, SendTwilio):
+                self._echoes += self.playback.receive(tw.parse_gateway_message(action.text))
         return actions
 
     def _next_seq(self) -> int:
@@ -93,17 +102,13 @@ class CallDriver:
             tw.mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.stream_sid, name=name)
         )
 
-    def echo_marks(self) -> list[Action]:
-        """Echo every mark sent so far and not yet echoed, as Twilio does once playback reaches it."""
+    def deliver_echoes(self) -> list[Action]:
+        """Deliver the mark echoes Twilio owes the call by now (immediate ones, or reached by playback)."""
         actions: list[Action] = []
-        while True:
-            names = [m.mark.name for m in self.to_twilio() if isinstance(m, tw.OutboundMark)]
-            fresh = [n for n in names if n not in self._echoed]
-            if not fresh:
-                return actions
-            for name in fresh:
-                self._echoed.add(name)
-                actions += self.mark(name)
+        while self._echoes:
+            echo = self._echoes.pop(0)
+            actions += self.mark(echo.name)
+        return actions
 
     def dtmf(self, digit: str) -> list[Action]:
         """The caller presses a key."""
@@ -140,12 +145,16 @@ class CallDriver:
     # ---------------------------------------------------------------- the clock
 
     def advance(self, duration_ms: float) -> list[Action]:
-        """Let time pass, ticking every 20 ms like the adapter's ticker."""
+        """Let time pass, ticking every 20 ms like the adapter's ticker; each tick Twilio plays one frame and
+        the echoes due reach the call."""
         actions: list[Action] = []
         end = self.now + duration_ms / 1000
         while self.now + FRAME_MS / 1000 <= end + 1e-9:
             self.now += FRAME_MS / 1000
             actions += self._record(self.call.tick(self.now))
+            actions += self.deliver_echoes()
+            self._echoes += self.playback.play().echoes
+            actions += self.deliver_echoes()
         self.now = end
         return actions
 
@@ -166,7 +175,7 @@ class CallDriver:
         ]
 
     def heard_ulaw(self, actions: list[Action] | None = None) -> bytes:
-        """All μ-law audio sent to the caller, in order."""
+        """All μ-law audio sent to the caller, in order (what the caller has *played* is in :attr:`playback`)."""
         return b"".join(m.ulaw for m in self.to_twilio(actions) if isinstance(m, tw.OutboundMedia))
 
     def kinds(self, actions: list[Action] | None = None) -> list[str]:

@@ -250,7 +250,6 @@ def test_upstream_close_lets_queued_audio_play_then_ends_the_call() -> None:
     assert not any(isinstance(a, CloseTwilio) for a in actions)
     assert d.call.state is CallState.ENDING
     d.advance(1000)
-    d.echo_marks()
     assert d.call.state is CallState.CLOSED
     assert len(d.heard_ulaw()) == pytest.approx(600 * 8, abs=160)
     assert any(isinstance(a, CloseTwilio) for a in d.actions)
@@ -337,7 +336,6 @@ def test_hang_up_tool_ends_the_call_after_the_goodbye_is_heard() -> None:
     assert "close_upstream" in d.kinds(actions) and "close_twilio" not in d.kinds(actions)
     for _ in range(10):
         d.advance(200)
-        d.echo_marks()
     assert d.call.state is CallState.CLOSED and d.call.end_reason is not None
     assert d.call.end_reason.value == "hang_up"
     assert len(d.heard_ulaw()) == pytest.approx(800 * 8, abs=160)
@@ -380,7 +378,6 @@ def test_goodbye_that_never_ends_is_bounded() -> None:
     d.advance(1900)
     assert d.call.state is CallState.SAYING_GOODBYE
     d.advance(200)
-    d.echo_marks()
     d.advance(100)
     assert d.call.state is CallState.CLOSED
     stats = d.call.statistics(d.now)
@@ -396,7 +393,6 @@ def test_caller_interrupting_the_goodbye_ends_the_call() -> None:
     d.advance(200)
     actions = d.upstream(evi.UserInterruption(time=100))
     assert "clear" in d.kinds(actions) and "close_upstream" in d.kinds(actions)
-    d.echo_marks()
     d.advance(40)
     assert d.call.state is CallState.CLOSED and d.call.end_reason is not None
     assert d.call.end_reason.value == "hang_up"
@@ -410,3 +406,16 @@ def test_end_reason_is_the_first_cause() -> None:
     assert d.call.state is CallState.ENDING
     assert d.call.twilio_closed(d.now) == []
     assert d.call.end_reason is not None and d.call.end_reason.value == "upstream_closed"
+
+
+def test_the_drain_waits_for_the_caller_to_hear_the_audio() -> None:
+    """Marks come back as Twilio's playback reaches them, so the call closes only once 1 s of audio was heard."""
+    d = active_driver()
+    d.say("r1", tone_pcm(1000, 24000), 24000)
+    d.upstream(evi.AssistantEnd())
+    d.call.upstream_closed(d.now, 1000, "bye")
+    d.advance(700)
+    assert d.call.state is CallState.ENDING
+    d.advance(500)
+    assert d.call.state is CallState.CLOSED
+    assert d.playback.heard_audio_bytes == pytest.approx(1000 * 8, abs=160)

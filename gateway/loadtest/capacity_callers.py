@@ -1,5 +1,6 @@
 """The light callers of `gateway bench capacity`: many emulated Twilio calls per process, each frame tagged
-with its send time so the EVI-side sink can measure latency across processes (see relay.py for the tag)."""
+with its send time so the EVI-side sink can measure latency across processes (see relay.py for the tag).
+What a caller hears is played through Twilio's playback model (gateway.simulator.twilio_playback)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,22 @@ import binascii
 import contextlib
 import json
 import time
-from collections import deque
 from typing import Any
 
 import aiohttp
 
 from gateway.loadtest.relay import (
     FILLER_B64,
-    FRAME_BYTES,
     FRAME_MS,
     NS_PER_S,
     SEND_SLOTS,
-    UNDERRUN_GAP_MAX_MS,
     answer,
     command_lines,
     encode_tag,
 )
 from gateway.simulator.caller_dial import API_VERSION, DialError, open_stream, post_webhook, read_twiml
 from gateway.simulator.recording import CallRecord
+from gateway.simulator.twilio_playback import MarkEcho, TwilioPlayback
 from gateway.wire.twilio_media import connected_message, mark_echo_message, start_message, stop_message
 
 __all__ = ["run_callers", "tagged_media"]
@@ -52,11 +51,7 @@ class _Call:
         self.connected_ns = time.monotonic_ns()
         self.closed_ns: int | None = None
         self.sent_window = 0
-        self.received_bytes = 0
-        self.played_bytes = 0
-        self.marks: deque[tuple[int, str]] = deque()
-        self.gap_start_ms: float | None = None
-        self.had_audio = False
+        self.playback = TwilioPlayback(FRAME_MS)
         self.underruns = 0
         self.underrun_ms = 0.0
         self.heard_bytes_window = 0
@@ -73,37 +68,26 @@ class _Call:
         msg = json.loads(text)
         event = msg.get("event")
         if event == "media":
-            payload = msg["media"]["payload"]
-            self.received_bytes += len(payload) // 4 * 3 - payload[-2:].count("=")
+            self.playback.media(binascii.a2b_base64(msg["media"]["payload"]))
         elif event == "mark":
-            name = msg["mark"]["name"]
-            if self.received_bytes > self.played_bytes:
-                self.marks.append((self.received_bytes, name))
-            else:  # twilio-media-streams.md §1.5: nothing buffered, echo at once
-                await self._echo(name)
-        elif event == "clear":  # §2.3: drop the buffer, echo every pending mark
-            self.played_bytes = self.received_bytes
-            while self.marks:
-                await self._echo(self.marks.popleft()[1])
-            self.gap_start_ms, self.had_audio = None, False
+            await self._echo(self.playback.mark(msg["mark"]["name"]))
+        elif event == "clear":
+            await self._echo(self.playback.clear())
 
-    async def _echo(self, name: str) -> None:
-        await self.send(mark_echo_message(sequence_number=self.sequence, stream_sid=self.stream_sid, name=name))
+    async def _echo(self, echoes: list[MarkEcho]) -> None:
+        for echo in echoes:
+            await self.send(
+                mark_echo_message(sequence_number=self.sequence, stream_sid=self.stream_sid, name=echo.name)
+            )
 
-    async def play_tick(self, media_ms: float, in_window: bool) -> None:
-        take = min(FRAME_BYTES, self.received_bytes - self.played_bytes)
-        self.played_bytes += take
-        if take:
-            if self.gap_start_ms is not None and in_window and media_ms - self.gap_start_ms < UNDERRUN_GAP_MAX_MS:
+    async def play_tick(self, in_window: bool) -> None:
+        played = self.playback.play()
+        if in_window:
+            self.heard_bytes_window += played.audio_bytes
+            if played.underrun and played.gap is not None:
                 self.underruns += 1
-                self.underrun_ms += media_ms - self.gap_start_ms
-            self.gap_start_ms, self.had_audio = None, True
-            if in_window:
-                self.heard_bytes_window += take
-        if take < FRAME_BYTES and self.had_audio and self.gap_start_ms is None:
-            self.gap_start_ms = media_ms + take / 8
-        while self.marks and self.marks[0][0] <= self.played_bytes:
-            await self._echo(self.marks.popleft()[1])
+                self.underrun_ms += played.gap.duration_ms
+        await self._echo(played.echoes)
 
 
 class _CallerRun:
@@ -200,7 +184,7 @@ class _CallerRun:
             return
         in_window = self.window[0] <= sent_ns < self.window[1]
         call.sent_window += in_window
-        await call.play_tick(call.frame * FRAME_MS, in_window)
+        await call.play_tick(in_window)
         call.frame += 1
 
     async def _hang_up(self, call: _Call) -> None:

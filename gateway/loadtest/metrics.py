@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.simulator.recording import CallRecord, PlayoutGap, SpeechSegment
+from gateway.simulator.recording import CallRecord, SpeechSegment
 
 __all__ = [
     "METRICS",
@@ -29,7 +29,6 @@ __all__ = [
     "stats",
     "summarize",
     "turn_results",
-    "underruns",
 ]
 
 _TALKING_AT_END_MS = 60.0
@@ -167,7 +166,7 @@ def turn_results(
             result.response_latency_ms = reply.start_ms - utt.end_ms
         result.talk_over_ms = _overlap_ms(utt.start_ms, utt.end_ms, agent)
         # P1: silence inside the agent's speech (shorter than a pause between replies) is an underrun.
-        window = [g for g in underruns(record) if utt.end_ms <= g.start_ms < next_start]
+        window = [g for g in record.underruns if utt.end_ms <= g.start_ms < next_start]
         result.underruns = len(window)
         result.underrun_ms = sum(g.duration_ms for g in window)
         if timing.kind == "barge_in":
@@ -181,11 +180,6 @@ def turn_results(
                     utt.start_ms <= c <= spoken_over.end_ms + record.frame_ms for c in record.clears
                 )
     return results
-
-
-def underruns(record: CallRecord) -> list[PlayoutGap]:
-    """Playout gaps short enough to be silence inside speech, not a pause between replies (P1)."""
-    return [g for g in record.playout_gaps if g.duration_ms < record.underrun_gap_max_ms]
 
 
 def setup_times(record: CallRecord, first_utterance_ms: float | None) -> SetupTimes:

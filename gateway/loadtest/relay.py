@@ -72,7 +72,6 @@ __all__ = [
 FRAME_MS = 20
 FRAME_BYTES = 160
 SEND_SLOTS = 20  # the callers' send times are spread over 20 one-millisecond slots of each 20 ms
-UNDERRUN_GAP_MAX_MS = 400.0  # as the caller emulator: a shorter gap between audio is an underrun
 NS_PER_S = 1_000_000_000
 
 # ---------------------------------------------------------------------------------------- the frame tag

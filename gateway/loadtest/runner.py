@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.errors import ConfigError
-from gateway.loadtest.metrics import CallResult, TurnTiming, setup_times, turn_results, underruns
+from gateway.loadtest.metrics import CallResult, TurnTiming, setup_times, turn_results
 from gateway.loadtest.scenario import Scenario, Turn
 from gateway.simulator.caller import CallerConfig, DialError, NetworkTrouble, SendDtmf, TwilioCaller
 from gateway.simulator.recording import CallRecord, write_stereo_wav
@@ -245,7 +245,7 @@ def _measure(result: CallResult, rec: CallRecord, scenario: Scenario, timings: l
     result.frames_dropped = rec.frames_dropped
     result.max_send_delay_ms = rec.max_send_delay_ms
     result.max_tick_late_ms = rec.max_tick_late_ms
-    dry = underruns(rec)
+    dry = rec.underruns
     result.underruns = len(dry)
     result.underrun_ms = sum(g.duration_ms for g in dry)
     result.max_underrun_ms = max((g.duration_ms for g in dry), default=0.0)

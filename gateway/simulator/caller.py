@@ -3,9 +3,8 @@
 Owns the Twilio side of one call (twilio-media-streams.md §0): the signed voice webhook POST (§4, §3.6),
 reading the TwiML (§3.1), the signed Media Stream WebSocket (§3.6), the inbound messages Twilio sends
 (§1: ``connected``, ``start``, a ``media`` frame every ``frame_ms`` on a drift-free media clock, ``dtmf``,
-``mark`` echoes, ``stop``), and Twilio's outbound playback model (§2): audio is buffered and played in
-order at real time, a mark is echoed when playback reaches it (at once if nothing is queued before it),
-and ``clear`` drops the queued audio and echoes every pending mark. Every gateway frame is checked with
+``mark`` echoes, ``stop``), and Twilio's outbound playback (§2), played through the shared model
+:class:`~gateway.simulator.twilio_playback.TwilioPlayback`. Every gateway frame is checked with
 :func:`parse_gateway_message`, as strictly as Twilio checks it; violations are recorded, never raised.
 
 The caller can talk back while the call runs (:meth:`TwilioCaller.speak`) and wait on what it hears
@@ -40,6 +39,7 @@ from gateway.errors import ConfigError, TwilioProtocolError
 from gateway.simulator.caller_dial import API_VERSION, DialError, open_stream, post_webhook, read_twiml
 from gateway.simulator.caller_network import NetworkTrouble
 from gateway.simulator.recording import CallRecord, MarkEcho, PlayoutGap, Received, SpeechSegment
+from gateway.simulator.twilio_playback import UNDERRUN_GAP_MAX_MS, TwilioPlayback
 from gateway.wire.twilio_media import (
     OutboundClear,
     OutboundMark,
@@ -132,7 +132,7 @@ class CallerConfig:
     extra_webhook_params: dict[str, str] = field(default_factory=dict)
     webhook_timeout_s: float = 15.0
     connect_timeout_s: float = 10.0
-    underrun_gap_max_ms: float = 400.0
+    underrun_gap_max_ms: float = UNDERRUN_GAP_MAX_MS
     speech_threshold: int = 300
     speech_merge_gap_ms: float = 120.0
     network: NetworkTrouble = NetworkTrouble()
@@ -156,11 +156,6 @@ class CallerConfig:
         return math.ceil(len(self.audio_ulaw) / ULAW_BYTES_PER_MS) + self.tail_silence_ms
 
 
-@dataclass(frozen=True, slots=True)
-class _QueuedMark:
-    name: str
-
-
 class TwilioCaller:
     """One emulated Twilio call leg. ``async with TwilioCaller(cfg) as c: await c.dial(); ...``.
 
@@ -171,7 +166,6 @@ class TwilioCaller:
         self.config = config
         self.record = CallRecord(
             frame_ms=config.frame_ms,
-            underrun_gap_max_ms=config.underrun_gap_max_ms,
             speech_threshold=config.speech_threshold,
             speech_merge_gap_ms=config.speech_merge_gap_ms,
         )
@@ -184,9 +178,7 @@ class TwilioCaller:
         self._last_release_s = 0.0
         self._speech: deque[bytes] = deque()
         self._speech_head_started = False
-        self._playout: deque[bytes | _QueuedMark] = deque()
-        self._gap_start: int | None = None
-        self._audio_seen = False
+        self._playback = TwilioPlayback(config.frame_ms, config.underrun_gap_max_ms)
         self._hanging_up = False
         self._closed = asyncio.Event()
         self._changed = asyncio.Event()
@@ -403,43 +395,22 @@ class TwilioCaller:
     # -- playback (§1.5, §2) -----------------------------------------------------------------------
 
     def _play_tick(self) -> None:
-        """Play ``frame_ms`` of queued audio, echoing marks as playback reaches them; pad with silence."""
-        rec, fb = self.record, self._frame_bytes
-        base = len(rec.heard_ulaw)
-        out = bytearray()
-        while True:
-            while self._playout and isinstance(self._playout[0], _QueuedMark):
-                mark = self._playout.popleft()
-                assert isinstance(mark, _QueuedMark)
-                self._echo(mark.name, (base + len(out)) / ULAW_BYTES_PER_MS, cleared=False)
-            if len(out) == fb or not self._playout:
-                break
-            audio = self._playout[0]
-            assert isinstance(audio, bytes)
-            take = min(fb - len(out), len(audio))
-            if self._gap_start is not None:
-                gap_end = base + len(out)
-                rec.playout_gaps.append(
-                    PlayoutGap(self._gap_start / ULAW_BYTES_PER_MS, (gap_end - self._gap_start) / ULAW_BYTES_PER_MS)
-                )
-                self._gap_start = None
-            out += audio[:take]
-            if take == len(audio):
-                self._playout.popleft()
-            else:
-                self._playout[0] = audio[take:]
-            rec.heard_audio_samples += take
-            self._audio_seen = True
-        if len(out) < fb:
-            if self._audio_seen and self._gap_start is None:
-                self._gap_start = base + len(out)
-            out += ulaw_silence(fb - len(out))
-        rec.append_heard(bytes(out))
+        """Play one frame through Twilio's playback model; echo the marks it reached."""
+        rec = self.record
+        played = self._playback.play()
+        for echo in played.echoes:
+            self._echo(echo)
+        if played.gap is not None:
+            rec.playout_gaps.append(played.gap)
+            if played.underrun:
+                rec.underruns.append(played.gap)
+        rec.heard_audio_samples += played.audio_bytes
+        rec.append_heard(played.ulaw)
 
-    def _echo(self, name: str, media_time_ms: float, *, cleared: bool) -> None:
-        msg = mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.config.stream_sid, name=name)
+    def _echo(self, echo: MarkEcho) -> None:
+        msg = mark_echo_message(sequence_number=self._next_seq(), stream_sid=self.config.stream_sid, name=echo.name)
         self._enqueue(msg, "mark")
-        self.record.marks_echoed.append(MarkEcho(name, media_time_ms, cleared))
+        self.record.marks_echoed.append(echo)
 
     def _on_gateway_text(self, text: str) -> None:
         rec = self.record
@@ -455,29 +426,17 @@ class TwilioCaller:
             rec.received.append(Received(now_ms, "invalid", len(text)))
             self._violation(f"gateway {msg.event!r} has streamSid {msg.stream_sid!r}, not this stream's")
             return
-        if isinstance(msg, OutboundMedia):
-            audio = msg.ulaw
-            rec.received.append(Received(now_ms, "media", len(audio)))
-            if audio:
-                self._playout.append(audio)
-        elif isinstance(msg, OutboundMark):
-            rec.received.append(Received(now_ms, "mark", msg.name))
-            if self._playout:
-                self._playout.append(_QueuedMark(msg.name))
-            else:
-                self._echo(msg.name, now_ms, cleared=False)  # §1.5: nothing buffered, echo at once
-        elif isinstance(msg, OutboundClear):
-            rec.received.append(Received(now_ms, "clear", ""))
-            rec.clears.append(now_ms)
-            # §2.3: drop every queued byte, echo every pending mark (flushed, not played).
-            for item in self._playout:
-                if isinstance(item, _QueuedMark):
-                    self._echo(item.name, now_ms, cleared=True)
-                else:
-                    rec.cleared_audio_samples += len(item)
-            self._playout.clear()
-            self._gap_start = None
-            self._audio_seen = False
+        match msg:
+            case OutboundMedia():
+                rec.received.append(Received(now_ms, "media", len(msg.ulaw)))
+            case OutboundMark():
+                rec.received.append(Received(now_ms, "mark", msg.name))
+            case OutboundClear():
+                rec.received.append(Received(now_ms, "clear", ""))
+                rec.clears.append(now_ms)
+        for echo in self._playback.receive(msg):
+            self._echo(echo)
+        rec.cleared_audio_samples = self._playback.cleared_bytes
 
     def _violation(self, what: str) -> None:
         log.debug("gateway protocol violation: %s", what)

@@ -26,6 +26,7 @@ from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.codecs.resample import float_to_pcm16, pcm16_to_float
 from gateway.codecs.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, parse_riff, to_mono
 from gateway.errors import AudioFormatError
+from gateway.simulator.twilio_playback import MarkEcho, PlayoutGap
 
 __all__ = [
     "RAW_ULAW_SUFFIXES",
@@ -152,14 +153,6 @@ class Received(NamedTuple):
     detail: int | str
 
 
-class MarkEcho(NamedTuple):
-    """A mark echoed back; ``cleared`` means flushed by ``clear``, not played (§1.5, P6)."""
-
-    name: str
-    media_time_ms: float
-    cleared: bool
-
-
 class SpeechSegment(NamedTuple):
     """A stretch of speech on the media clock, ``start_ms`` inclusive to ``end_ms`` exclusive."""
 
@@ -172,19 +165,11 @@ class SpeechSegment(NamedTuple):
         return self.end_ms - self.start_ms
 
 
-class PlayoutGap(NamedTuple):
-    """Silence heard between two pieces of gateway audio, with no ``clear`` in between."""
-
-    start_ms: float
-    duration_ms: float
-
-
 @dataclass
 class CallRecord:
     """Everything the caller did, said and heard; live during the call. Times are media-clock ms."""
 
     frame_ms: int
-    underrun_gap_max_ms: float = 400.0
     speech_threshold: int = 300
     """Heard samples louder than this (linear16 magnitude) count as agent speech."""
     speech_merge_gap_ms: float = 120.0
@@ -205,6 +190,8 @@ class CallRecord:
     clears: list[float] = field(default_factory=list)
     protocol_violations: list[str] = field(default_factory=list)
     playout_gaps: list[PlayoutGap] = field(default_factory=list)
+    underruns: list[PlayoutGap] = field(default_factory=list)
+    """The gaps that are underruns by the playback model (gateway.simulator.twilio_playback)."""
     heard_audio_samples: int = 0
     cleared_audio_samples: int = 0
     close_code: int | None = None
@@ -245,8 +232,8 @@ class CallRecord:
 
     @property
     def underrun_ms(self) -> float:
-        """Silence inside a stretch of speech: gaps shorter than ``underrun_gap_max_ms`` (P1)."""
-        return sum(g.duration_ms for g in self.playout_gaps if g.duration_ms < self.underrun_gap_max_ms)
+        """Silence inside a stretch of speech: the underruns' total (P1)."""
+        return sum(g.duration_ms for g in self.underruns)
 
     @property
     def frames_dropped(self) -> int:
