@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     preroll_ms: int = Field(2000, ge=0, description="caller audio held while EVI connects (oldest dropped)")
     start_timeout_s: float = Field(10.0, gt=0, description="time allowed for Twilio's start message")
     max_call_duration_s: float = Field(1800.0, gt=0, description="calls are ended after this (EVI caps at 30 min)")
+    goodbye_timeout_s: float = Field(
+        10.0, gt=0, description="after EVI's hang_up, time allowed for its goodbye to arrive before ending anyway"
+    )
     drain_timeout_s: float = Field(10.0, gt=0, description="time allowed for queued audio to play before closing")
 
     @field_validator("public_url")
@@ -86,6 +89,7 @@ class Settings(BaseSettings):
             start_timeout_s=self.start_timeout_s,
             upstream_connect_timeout_s=self.evi_connect_timeout_s,
             max_duration_s=self.max_call_duration_s,
+            goodbye_timeout_s=self.goodbye_timeout_s,
             drain_timeout_s=self.drain_timeout_s,
             playout=PlayoutParams(lead_ms=self.playout_lead_ms, max_message_ms=self.playout_max_message_ms),
             inbound=InboundParams(),

@@ -42,7 +42,6 @@ def test_gap_is_filled_exactly() -> None:
     feed(stream, [(0, 1, FRAME), (20, 2, FRAME)])
     verdict = stream.accept(100, 3, FRAME)
     assert verdict == InboundVerdict("forward", 60, "gap")
-    assert verdict.fill_ulaw() == b"\xff" * 480
     stats = stream.statistics()
     assert (stats.gaps, stats.gap_ms_filled, stats.gap_ms_unfilled) == (1, 60, 0)
     assert stats.audio_ms_forwarded == 20 + 20 + 60 + 20

@@ -5,7 +5,7 @@ when the path is congested (warning 31930), and a buggy peer may repeat or rewin
 (twilio-media-streams.md §1.3, P11). :class:`InboundStream` judges each frame by its ``media.timestamp``
 and ``media.chunk`` and tells the core to forward it (after so many ms of silence) or drop it; it never
 touches the audio itself. :class:`PreRoll` keeps the newest few seconds of decoded caller audio until the
-upstream is ready (aesthetics.md §4.3, state ``CONNECTING_PROVIDER``).
+upstream is ready (state ``CONNECTING_UPSTREAM``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.codecs.framing import ULAW_BYTES_PER_MS
-from gateway.codecs.g711 import ulaw_silence
 from gateway.errors import CallStateError, ConfigError
 
 InboundReason = Literal["first", "continuous", "gap", "duplicate", "stale", "empty", "resync"]
@@ -50,10 +49,6 @@ class InboundVerdict:
     action: Literal["forward", "drop"]
     fill_ms: int
     reason: InboundReason
-
-    def fill_ulaw(self) -> bytes:
-        """The μ-law silence (0xFF) to put before the frame's payload; empty when there is no gap."""
-        return ulaw_silence(self.fill_ms * ULAW_BYTES_PER_MS)
 
 
 @dataclass(frozen=True, slots=True)
