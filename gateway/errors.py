@@ -4,23 +4,28 @@
 
     GatewayError
     ├── ConfigError                  bad or missing settings; raised at start-up only
-    │   └── ScenarioError            (loadtest.scenario) bad recordings or scenario files, all listed at once
+    │   ├── ScenarioError            bad load-test recordings or scenario files, all listed at once
+    │   └── UnknownWordsError        speech-recognition phrases use words the dictionary lacks
     ├── SignatureError               X-Twilio-Signature missing or wrong (webhook or WebSocket upgrade)
     ├── CallStateError               local misuse of the core: a bug in our code, never the peer's fault
     ├── AudioFormatError             audio we cannot decode (bad WAV, odd byte count, wrong sample width)
-    ├── UpstreamConnectError         (adapters.evi_client) EVI refused or could not be reached; also a
-    │                                ConnectionError, and its message never holds credentials
-    ├── SessionClosedError           (simulator.evi_session) waited on a simulated EVI session that closed
+    ├── UpstreamConnectError         EVI refused or could not be reached; also a ConnectionError, and its
+    │                                message never holds credentials
+    ├── SessionClosedError           waited on a simulated EVI session that closed
+    ├── CapacityRunError             the capacity benchmark could not run (a child process died or hung)
+    ├── CallFailure                  a load-test call or turn did not go as its scenario said (for Locust)
     └── RemoteProtocolError          a peer broke its protocol; the core turns it into a close with a reason
         ├── TwilioProtocolError      e.g. media before start, bad mediaFormat, invalid JSON
         ├── UpstreamProtocolError    e.g. malformed audio_output, impossible message order
-        └── DialError                (simulator.caller_dial) the caller emulator could not set up a call
+        └── DialError                the caller emulator could not set up a call
 
 Remote errors never escape the core as exceptions: they become close actions and are recorded as the
 call's end reason. Unknown message types are logged and ignored, never raised.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class GatewayError(Exception):
@@ -53,3 +58,43 @@ class TwilioProtocolError(RemoteProtocolError):
 
 class UpstreamProtocolError(RemoteProtocolError):
     """The speech-to-speech upstream (EVI) broke its protocol."""
+
+
+class ScenarioError(ConfigError):
+    """One or more recordings or scenario files are unusable; ``problems`` lists ``"file: problem"``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) with the load-test recordings:\n{lines}")
+
+
+class UnknownWordsError(ConfigError):
+    """Recognition ``phrases`` use words the pronunciation dictionary lacks (the caller's mistake, never a fallback)."""
+
+
+class UpstreamConnectError(GatewayError, ConnectionError):
+    """The upstream session could not be opened (the message never contains credentials)."""
+
+
+class SessionClosedError(GatewayError):
+    """A simulator session closed while a test was waiting for something from its client."""
+
+
+class CapacityRunError(GatewayError):
+    """The capacity benchmark could not run (a child process died or never answered)."""
+
+
+class CallFailure(GatewayError):
+    """A load-test call or turn that did not go as its scenario said, as reported to Locust."""
+
+
+class DialError(RemoteProtocolError):
+    """The call could not be set up: webhook refused, TwiML unusable, or stream handshake refused."""
+
+    def __init__(
+        self, message: str, *, stage: Literal["webhook", "twiml", "stream"], status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.status = status

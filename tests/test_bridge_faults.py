@@ -12,7 +12,8 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.codecs.g711 import pcm16_to_ulaw
-from gateway.simulator.caller import CallerConfig, DialError, SendBinary, SendText, TwilioCaller
+from gateway.errors import DialError
+from gateway.simulator.caller import CallerConfig, SendBinary, SendText, TwilioCaller
 from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.wavgen import speechlike_pcm16

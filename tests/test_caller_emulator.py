@@ -23,11 +23,10 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
-from gateway.errors import AudioFormatError, ConfigError
+from gateway.errors import AudioFormatError, ConfigError, DialError
 from gateway.simulator.caller import (
     CallerConfig,
     CallRecord,
-    DialError,
     MarkEcho,
     NetworkTrouble,
     SendBinary,

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from gateway.errors import AudioFormatError
-from gateway.simulator.evi import MAX_MESSAGE_BYTES, EviSession, EviSimulator, SessionClosedError
+from gateway.errors import AudioFormatError, SessionClosedError
+from gateway.simulator.evi import MAX_MESSAGE_BYTES, EviSession, EviSimulator
 from gateway.simulator.wavgen import speechlike_pcm16, tone_pcm16, wav_bytes
 from gateway.wire.evi_messages import UnknownMessage, UserInput
 

@@ -18,7 +18,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.errors import GatewayError
+from gateway.errors import UpstreamConnectError
 from gateway.logs import redacting_logger
 from gateway.settings import Settings
 from gateway.wire.evi_codec import EviCodec
@@ -28,10 +28,6 @@ from gateway.wire.upstream import SessionStart, UpstreamCodec
 log = logging.getLogger("gateway.evi")
 
 TOKEN_REFRESH_MARGIN_S = 60.0
-
-
-class UpstreamConnectError(GatewayError, ConnectionError):
-    """The upstream session could not be opened (the message never contains credentials)."""
 
 
 @dataclass

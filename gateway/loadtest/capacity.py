@@ -40,9 +40,9 @@ from typing import Any
 
 import aiohttp
 
-from gateway.errors import ConfigError
+from gateway.errors import CapacityRunError, ConfigError
 from gateway.loadtest.capacity_callers import run_callers
-from gateway.loadtest.capacity_procs import CapacityRunError, Child, cpu_s, free_port, machine_busy_s, pin_processes
+from gateway.loadtest.capacity_procs import Child, cpu_s, free_port, machine_busy_s, pin_processes
 from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_relay, run_sink
 
 __all__ = ["CapacityConfig", "CapacityReport", "LevelResult", "PathResult", "format_table", "main", "run_capacity"]

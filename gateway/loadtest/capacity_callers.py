@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.errors import DialError
 from gateway.loadtest.relay import (
     FILLER_B64,
     FRAME_MS,
@@ -22,7 +23,7 @@ from gateway.loadtest.relay import (
     command_lines,
     encode_tag,
 )
-from gateway.simulator.caller_dial import API_VERSION, DialError, open_stream, post_webhook, read_twiml
+from gateway.simulator.caller_dial import API_VERSION, open_stream, post_webhook, read_twiml
 from gateway.simulator.recording import CallRecord
 from gateway.simulator.twilio_playback import MarkEcho, TwilioPlayback
 from gateway.wire.twilio_media import connected_message, mark_echo_message, start_message, stop_message

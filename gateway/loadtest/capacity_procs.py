@@ -12,11 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.errors import GatewayError
-
-
-class CapacityRunError(GatewayError):
-    """The benchmark could not run (a child process died or never answered)."""
+from gateway.errors import CapacityRunError
 
 
 def cpu_s(pid: int) -> float:

@@ -41,7 +41,7 @@ from locust.exception import StopUser
 from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, MasterRunner, WorkerRunner
 
 from gateway.codecs.framing import ULAW_BYTES_PER_MS
-from gateway.errors import ConfigError
+from gateway.errors import CallFailure, ConfigError
 from gateway.loadtest.command import prepare
 from gateway.loadtest.metrics import CallResult
 from gateway.loadtest.runner import LoadTestConfig, run_call
@@ -83,10 +83,6 @@ class _Hook(Protocol):
 
 def _hook(event: EventHook) -> _Hook:
     return cast(_Hook, event)
-
-
-class CallFailure(Exception):
-    """A call or turn that did not go as its scenario said, as reported to Locust."""
 
 
 # ---------------------------------------------------------------------------------------------------

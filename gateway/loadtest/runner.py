@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DialError
 from gateway.loadtest.metrics import CallResult, TurnTiming, setup_times, turn_results
 from gateway.loadtest.scenario import Scenario, Turn
-from gateway.simulator.caller import CallerConfig, DialError, NetworkTrouble, SendDtmf, TwilioCaller
+from gateway.simulator.caller import CallerConfig, NetworkTrouble, SendDtmf, TwilioCaller
 from gateway.simulator.recording import CallRecord, write_stereo_wav
 
 __all__ = ["VOICE_PATH", "LoadTestConfig", "LoadTestResult", "Progress", "run_call", "run_loadtest", "webhook_url_for"]

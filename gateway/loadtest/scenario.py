@@ -49,7 +49,7 @@ import numpy as np
 
 from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import ulaw_to_pcm16
-from gateway.errors import AudioFormatError, ConfigError
+from gateway.errors import AudioFormatError, ScenarioError
 from gateway.simulator.recording import RAW_ULAW_SUFFIXES, load_recording
 
 __all__ = [
@@ -85,15 +85,6 @@ _TOP_KEYS = {
 _DEFAULT_SPLIT = (-40.0, 350, 150)  # silence_threshold_dbfs, min_silence_ms, min_utterance_ms
 _DEFAULT_TIMING = {"agent_silence_ms": 700, "greeting_timeout_ms": 3000, "response_timeout_ms": 10_000}
 _DEFAULT_OPTIONS: dict[str, Any] = {"wait_for_agent": True, "pause_before_ms": 200}
-
-
-class ScenarioError(ConfigError):
-    """One or more recordings or scenario files are unusable; ``problems`` lists ``"file: problem"``."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) with the load-test recordings:\n{lines}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SessionClosedError
 from gateway.simulator.agent_script import AgentScript, fill, load_agent_script, split_sentences
-from gateway.simulator.evi_session import AudioChunk, DeclaredAudio, EviSession, SessionClosedError, fake_prosody
+from gateway.simulator.evi_session import AudioChunk, DeclaredAudio, EviSession, fake_prosody
 from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector, TurnParams
 from gateway.simulator.voice import DurationRecognizer, Recognizer, Synthesizer, make_recognizer, make_synthesizer
 from gateway.simulator.wavgen import tone_pcm16

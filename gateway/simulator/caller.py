@@ -36,7 +36,7 @@ import numpy as np
 from gateway.codecs.framing import ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import ULAW_SILENCE_BYTE, pcm16_to_ulaw, ulaw_silence, ulaw_to_pcm16
 from gateway.errors import ConfigError, TwilioProtocolError
-from gateway.simulator.caller_dial import API_VERSION, DialError, open_stream, post_webhook, read_twiml
+from gateway.simulator.caller_dial import API_VERSION, open_stream, post_webhook, read_twiml
 from gateway.simulator.caller_network import NetworkTrouble
 from gateway.simulator.recording import CallRecord, MarkEcho, PlayoutGap, Received, SpeechSegment
 from gateway.simulator.twilio_playback import UNDERRUN_GAP_MAX_MS, TwilioPlayback
@@ -56,7 +56,6 @@ from gateway.wire.twilio_media import (
 __all__ = [
     "CallRecord",
     "CallerConfig",
-    "DialError",
     "MarkEcho",
     "NetworkTrouble",
     "PlayoutGap",

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Literal
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
-from gateway.errors import RemoteProtocolError
+from gateway.errors import DialError
 from gateway.simulator.recording import CallRecord
 from gateway.wire.twilio_signature import sign_request
 
@@ -25,7 +24,6 @@ __all__ = [
     "API_VERSION",
     "MAX_WS_MESSAGE_BYTES",
     "WEBHOOK_USER_AGENT",
-    "DialError",
     "open_stream",
     "post_webhook",
     "read_twiml",
@@ -37,17 +35,6 @@ MAX_WS_MESSAGE_BYTES = 16 * 1024 * 1024
 _PARAMETER_MAX_CHARS = 500  # §3.1: name + value must be under 500 characters
 
 Violation = Callable[[str], None]
-
-
-class DialError(RemoteProtocolError):
-    """The call could not be set up: webhook refused, TwiML unusable, or stream handshake refused."""
-
-    def __init__(
-        self, message: str, *, stage: Literal["webhook", "twiml", "stream"], status: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.status = status
 
 
 async def post_webhook(

@@ -46,7 +46,6 @@ from gateway.simulator.evi_session import (
     EviSession,
     Inbound,
     QueryTree,
-    SessionClosedError,
     SpeechOutcome,
     SpeechResult,
 )
@@ -70,7 +69,6 @@ __all__ = [
     "EviSimulator",
     "Inbound",
     "QueryTree",
-    "SessionClosedError",
     "SpeechOutcome",
     "SpeechResult",
     "VoiceAgent",

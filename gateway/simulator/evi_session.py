@@ -41,7 +41,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
-from gateway.errors import AudioFormatError, GatewayError, UpstreamProtocolError
+from gateway.errors import AudioFormatError, SessionClosedError, UpstreamProtocolError
 from gateway.ids import ResponseId
 from gateway.simulator.wavgen import wav_bytes
 from gateway.wire import evi_messages as evi
@@ -60,7 +60,6 @@ __all__ = [
     "EviSession",
     "Inbound",
     "QueryTree",
-    "SessionClosedError",
     "SessionHost",
     "SpeechOutcome",
     "SpeechResult",
@@ -76,10 +75,6 @@ QueryTree: TypeAlias = dict[str, "str | QueryTree"]
 Agent: TypeAlias = Callable[["EviSession"], Awaitable[None]]
 
 _BRACKET_KEY = re.compile(r"^session_settings((?:\[[^\[\]]*\])+)$")
-
-
-class SessionClosedError(GatewayError):
-    """A simulator session closed while a test was waiting for something from its client."""
 
 
 class SessionHost(Protocol):

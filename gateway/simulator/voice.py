@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
-from gateway.errors import AudioFormatError, ConfigError
+from gateway.errors import AudioFormatError, ConfigError, UnknownWordsError
 
 __all__ = [
     "AGENT_VOICE",
@@ -117,10 +117,6 @@ _PS_LOGLEVEL = "ERROR"
 _WORD_RE = re.compile(r"[a-z']+")
 
 _logged_choices: set[str] = set()
-
-
-class _UnknownWords(ConfigError):
-    """``phrases`` use words the pronunciation dictionary lacks (the caller's mistake, never a fallback)."""
 
 
 class Synthesizer(Protocol):
@@ -352,7 +348,7 @@ def _phrase_model(ps_lm: Any, phrases: tuple[str, ...], full_dict: Path, directo
                 entries.append(line)
     unknown = vocabulary - {e.split(" ", 1)[0].split("(", 1)[0] for e in entries}
     if unknown:
-        raise _UnknownWords(
+        raise UnknownWordsError(
             f"phrases use words missing from the pronunciation dictionary: {', '.join(sorted(unknown))}"
         )
     dict_path = directory / "phrases.dict"
@@ -535,7 +531,7 @@ def make_recognizer(prefer: str = "auto", *, phrases: Sequence[str] | None = Non
         return DurationRecognizer()
     try:
         recognizer.check()
-    except _UnknownWords:
+    except UnknownWordsError:
         raise
     except ConfigError as exc:
         if prefer == "pocketsphinx":
