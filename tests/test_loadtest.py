@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
+from gateway.codecs.levels import FULL_SCALE
 from gateway.errors import ConfigError
 from gateway.loadtest import main
 from gateway.loadtest.htmlreport import render_html
@@ -27,7 +28,7 @@ from gateway.simulator.caller import NetworkTrouble
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.recording import CallRecord, SpeechSegment, write_wav
-from gateway.simulator.responder import BARGE_IN_SCENARIO, LOUD_RMS, energy_responder, speech_then_silence
+from gateway.simulator.responder import BARGE_IN_SCENARIO, LOUD_DBFS, energy_responder, speech_then_silence
 from gateway.simulator.wavgen import speechlike_pcm16
 
 BARGE_IN_BY_SEGMENTS = """
@@ -130,7 +131,7 @@ async def test_ten_concurrent_calls_with_barge_ins_measure_what_the_scenario_mak
     said = stereo[int(first.utterance_start_ms * 8) : int(first.utterance_end_ms * 8), 0]
     expected = np.frombuffer(ulaw_to_pcm16(scenarios[0].turns[0].audio_ulaw), "<i2")
     assert np.array_equal(said, expected)
-    assert np.abs(stereo[:, 1]).max() > LOUD_RMS  # the agent was heard on the right
+    assert np.abs(stereo[:, 1]).max() > FULL_SCALE * 10 ** (LOUD_DBFS / 20)  # the agent was heard on the right
 
 
 async def test_injected_loss_is_counted_exactly(agent_gateway: RunningGateway, tmp_path: Path) -> None:

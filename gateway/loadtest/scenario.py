@@ -49,6 +49,7 @@ import numpy as np
 
 from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import ulaw_to_pcm16
+from gateway.codecs.levels import frame_levels_dbfs
 from gateway.errors import AudioFormatError, ScenarioError
 from gateway.simulator.recording import RAW_ULAW_SUFFIXES, load_recording
 
@@ -147,10 +148,8 @@ def split_utterances(ulaw: bytes, params: SplitParams = SplitParams()) -> list[t
     n_frames = len(ulaw) // fb
     if n_frames == 0:
         return []
-    pcm = np.frombuffer(ulaw_to_pcm16(ulaw[: n_frames * fb]), dtype="<i2").astype(np.float64) / 32768.0
-    rms = np.sqrt(np.mean(pcm.reshape(n_frames, -1) ** 2, axis=1))
-    threshold = 10 ** (params.silence_threshold_dbfs / 20)
-    loud = np.flatnonzero(rms > threshold)
+    levels_dbfs = frame_levels_dbfs(ulaw_to_pcm16(ulaw[: n_frames * fb]), fb)
+    loud = np.flatnonzero(levels_dbfs > params.silence_threshold_dbfs)
     spans: list[list[int]] = []
     max_gap_frames = math.ceil(params.min_silence_ms / FRAME_MS)
     for frame in loud.tolist():

@@ -17,9 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from gateway.codecs.g711 import ulaw_to_pcm16
+from gateway.codecs.levels import loud_ulaw_samples
 from gateway.errors import ConfigError, GatewayError
 from gateway.simulator.agent import AgentConfig
 from gateway.simulator.caller import CallerConfig, TwilioCaller
@@ -93,8 +91,7 @@ def demo_lines(folder: Path = DEMO_CALLER_DIR) -> list[DemoLine]:
 
 def _loud_span_ms(ulaw: bytes) -> tuple[float, float]:
     """Offsets (ms) of the first and last loud sample in a caller clip."""
-    pcm = np.abs(np.frombuffer(ulaw_to_pcm16(ulaw), dtype="<i2").astype(np.int32))
-    loud = np.flatnonzero(pcm > SPEECH_THRESHOLD)
+    loud = loud_ulaw_samples(ulaw, SPEECH_THRESHOLD)
     if loud.size == 0:
         return 0.0, len(ulaw) / 8
     return float(loud[0]) / 8, float(loud[-1] + 1) / 8

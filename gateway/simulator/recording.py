@@ -23,6 +23,7 @@ import soxr
 
 from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
+from gateway.codecs.levels import loud_ulaw_samples
 from gateway.codecs.resample import float_to_pcm16, pcm16_to_float
 from gateway.codecs.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, parse_riff, to_mono
 from gateway.errors import AudioFormatError
@@ -244,7 +245,7 @@ class CallRecord:
         """Play ``frame_ulaw`` at the end of what was heard, extending the agent speech segments."""
         base = len(self.heard_ulaw)
         self.heard_ulaw += frame_ulaw
-        loud = _loud_indices(frame_ulaw, self.speech_threshold)
+        loud = loud_ulaw_samples(frame_ulaw, self.speech_threshold)
         if loud.size == 0:
             return
         start_ms = (base + int(loud[0])) / ULAW_BYTES_PER_MS
@@ -278,19 +279,14 @@ class CallRecord:
     def first_heard_ms_after(self, media_time_ms: float, *, threshold: int = 0) -> float | None:
         """Media time of the first heard sample louder than ``threshold`` (linear16) at or after a time."""
         start = _sample_index(media_time_ms)
-        loud = _loud_indices(bytes(self.heard_ulaw[start:]), threshold)
+        loud = loud_ulaw_samples(bytes(self.heard_ulaw[start:]), threshold)
         return None if loud.size == 0 else (start + int(loud[0])) / ULAW_BYTES_PER_MS
 
     def last_heard_ms(self, *, threshold: int = 0) -> float | None:
         """Media time just after the last heard sample louder than ``threshold``."""
-        loud = _loud_indices(bytes(self.heard_ulaw), threshold)
+        loud = loud_ulaw_samples(bytes(self.heard_ulaw), threshold)
         return None if loud.size == 0 else (int(loud[-1]) + 1) / ULAW_BYTES_PER_MS
 
 
 def _sample_index(media_time_ms: float) -> int:
     return max(0, math.ceil(media_time_ms * ULAW_BYTES_PER_MS))
-
-
-def _loud_indices(ulaw: bytes, threshold: int) -> np.ndarray:
-    pcm = np.frombuffer(ulaw_to_pcm16(ulaw), dtype="<i2").astype(np.int32)
-    return np.flatnonzero(np.abs(pcm) > threshold)

@@ -8,24 +8,19 @@ reply may still be playing — turn-taking by signal energy alone.
 from __future__ import annotations
 
 import asyncio
+import math
 
-import numpy as np
-
+from gateway.codecs.levels import FULL_SCALE, level_dbfs
 from gateway.simulator.evi_session import EviSession
 from gateway.simulator.wavgen import speechlike_pcm16
 
 AGENT_RATE_HZ = 24000
 GREETING_MS = 600
 REPLY_MS = 1500
-LOUD_RMS = 500.0
+LOUD_DBFS = 20 * math.log10(500 / FULL_SCALE)
+"""Caller audio at or above this RMS level counts as speech (about 500 in linear16)."""
 QUIET_FOR_BYTES = 300 * 16  # 300 ms of linear16 at 8 kHz
 BLIP_BYTES = 40 * 16
-
-
-def rms(pcm16: bytes) -> float:
-    """Root-mean-square level of 16-bit PCM."""
-    samples = np.frombuffer(pcm16, "<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
 
 
 async def energy_responder(session: EviSession) -> None:
@@ -35,11 +30,11 @@ async def energy_responder(session: EviSession) -> None:
     await session.say(speechlike_pcm16(GREETING_MS, AGENT_RATE_HZ, seed=1), AGENT_RATE_HZ)
     reply_until_s = loop.time() + GREETING_MS / 1000 + 0.5
     while True:
-        while rms(bytes(session.audio_pcm[-BLIP_BYTES:])) < LOUD_RMS:
+        while level_dbfs(bytes(session.audio_pcm[-BLIP_BYTES:])) < LOUD_DBFS:
             await session.wait_audio_ms(session.audio_ms + 20, 60)
         if loop.time() < reply_until_s:
             await session.interrupt()
-        while rms(bytes(session.audio_pcm[-QUIET_FOR_BYTES:])) >= LOUD_RMS:
+        while level_dbfs(bytes(session.audio_pcm[-QUIET_FOR_BYTES:])) >= LOUD_DBFS:
             await session.wait_audio_ms(session.audio_ms + 20, 60)
         await session.say(speechlike_pcm16(REPLY_MS, AGENT_RATE_HZ, seed=2), AGENT_RATE_HZ)
         reply_until_s = loop.time() + REPLY_MS / 1000 + 0.5

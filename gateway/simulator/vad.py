@@ -28,15 +28,12 @@ import math
 from dataclasses import dataclass
 from typing import TypeAlias
 
-import numpy as np
-
+from gateway.codecs.levels import frame_levels_dbfs
 from gateway.errors import ConfigError
 
 __all__ = ["SpeechEnded", "SpeechOngoing", "SpeechStarted", "TurnDetector", "TurnEvent", "TurnParams"]
 
 _SAMPLE_BYTES = 2
-_FULL_SCALE = 32768.0
-_SILENCE_DBFS = -120.0
 _START_DEBOUNCE_MS = 60
 _FLOOR_INIT_DBFS = -70.0
 _FLOOR_MIN_DBFS = -90.0
@@ -153,9 +150,7 @@ class TurnDetector:
             return []
         whole = bytes(self._pending[: n_frames * self._frame_bytes])
         del self._pending[: n_frames * self._frame_bytes]
-        samples = np.frombuffer(whole, dtype="<i2").astype(np.float64).reshape(n_frames, self._frame_samples)
-        rms = np.sqrt(np.mean(samples * samples, axis=1)) / _FULL_SCALE
-        levels_dbfs = 20.0 * np.log10(np.maximum(rms, 10.0 ** (_SILENCE_DBFS / 20.0)))
+        levels_dbfs = frame_levels_dbfs(whole, self._frame_samples)
         events: list[TurnEvent] = []
         for index, level_dbfs in enumerate(levels_dbfs.tolist()):
             frame = whole[index * self._frame_bytes : (index + 1) * self._frame_bytes]
