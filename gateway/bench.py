@@ -1,6 +1,6 @@
 """`gateway bench`: CPU per 20 ms frame and held-back audio of the transcoders, against plain audioop + soxr.
 
-audio-path-baseline.md measured what the per-frame conversions cost and what they delay; this re-measures
+docs/audio-path.md "Measurements" records what the per-frame conversions cost and delay; this re-measures
 our :class:`~gateway.codecs.InboundTranscoder` / :class:`~gateway.codecs.OutboundTranscoder` on this
 machine, in one run, on one deterministic speech-like input, next to the plain baselines:
 

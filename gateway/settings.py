@@ -1,6 +1,6 @@
 """Settings: defaults < a TOML file < environment variables. Secrets come only from the environment.
 
-The environment names in DESIGN.md "Interfaces" are fixed: ``HUME_API_KEY``, ``HUME_SECRET_KEY``,
+The environment names in docs/design.md "Environment" are fixed: ``HUME_API_KEY``, ``HUME_SECRET_KEY``,
 ``HUME_CONFIG_ID``, ``GATEWAY_EVI_URL``, ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``,
 ``GATEWAY_PUBLIC_URL``, ``GATEWAY_HOST``, ``GATEWAY_PORT``; every other setting is ``GATEWAY_<NAME>``.
 """
@@ -130,7 +130,7 @@ def load_settings(
 
 
 def env_names(field_name: str) -> list[str]:
-    """The environment variables that set ``field_name`` (the fixed DESIGN.md names first)."""
+    """The environment variables that set ``field_name`` (the fixed names of docs/design.md "Environment" first)."""
     alias = Settings.model_fields[field_name].validation_alias
     names = [c for c in alias.choices if isinstance(c, str) and c.isupper()] if isinstance(alias, AliasChoices) else []
     return names or [f"GATEWAY_{field_name.upper()}"]

@@ -15,7 +15,7 @@ from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import RunningGateway
 from gateway.simulator.wavgen import speechlike_pcm16
 
-MIN_SNR_DB = 30.0  # μ-law alone limits speech to ~38 dB (audio-path-baseline.md); 30 leaves room for alignment
+MIN_SNR_DB = 30.0  # μ-law alone limits speech to ~38 dB (docs/audio-path.md "Quality"); 30 leaves room for alignment
 FRAME_MS = 20
 
 

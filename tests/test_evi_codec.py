@@ -1,4 +1,4 @@
-"""EviCodec: EVI frames ⇄ neutral upstream events, checked against the official ``hume`` SDK (§10)."""
+"""EviCodec: EVI frames ⇄ neutral upstream events, checked against the official ``hume`` SDK (evi-protocol.md §10)."""
 
 from __future__ import annotations
 

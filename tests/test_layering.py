@@ -1,4 +1,4 @@
-"""The dependency rule of DESIGN.md: adapters → core → (wire, codecs) → errors; the pure layers do no I/O."""
+"""The dependency rule of docs/design.md "Layering rule": adapters → core → (wire, codecs) → errors; no I/O below."""
 
 from __future__ import annotations
 

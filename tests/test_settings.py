@@ -37,7 +37,7 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
 
 
 def test_design_env_names_are_read() -> None:
-    """The fixed environment names of DESIGN.md set their settings."""
+    """The fixed environment names (docs/design.md "Environment") set their settings."""
     env = {
         "HUME_API_KEY": "key",
         "HUME_SECRET_KEY": "secret",

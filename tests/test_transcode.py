@@ -191,7 +191,7 @@ class TestOutboundCounts:
             in_ms += len(frame) / 2 / in_rate_hz * 1000
             assert transcoder.held_back_ms == pytest.approx(in_ms - out_ms, abs=1e-6)
             held_ms.append(transcoder.held_back_ms)
-        assert max(held_ms) > 20  # soxr HQ does hold audio back between frames (audio-path-baseline.md)
+        assert max(held_ms) > 20  # soxr HQ does hold audio back between frames (docs/audio-path.md "Resampler delay")
         out_ms += len(transcoder.flush()) / 8
         assert transcoder.held_back_ms == 0
         assert abs(in_ms - out_ms) <= 0.125  # at most one 8 kHz sample of rounding

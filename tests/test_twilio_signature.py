@@ -25,7 +25,10 @@ PARAMS = {
 
 
 def _reference_signature(token: str, url: str, pairs: list[tuple[str, str]]) -> str:
-    """§3.6 by hand: base64(HMAC-SHA1(token, url + name+value for each param sorted by name, then value))."""
+    """twilio-media-streams.md §3.6 by hand.
+
+    base64(HMAC-SHA1(token, url + name+value for each param sorted by name, then value)).
+    """
     data = url + "".join(name + value for name, value in sorted(pairs))
     return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 

@@ -96,7 +96,7 @@ def test_bad_status_callback_is_config_error(callback: str) -> None:
 
 
 def test_parameter_length_limit() -> None:
-    """Name plus value of 499 characters is accepted; 500 is refused (§3.1: under 500)."""
+    """Name plus value of 499 characters is accepted; 500 is refused (twilio-media-streams.md §3.1: under 500)."""
     name = "token"
     longest_ok = "v" * (MAX_PARAMETER_CHARS - 1 - len(name))
     [param] = list(_stream(connect_stream_twiml(STREAM_URL, {name: longest_ok})))

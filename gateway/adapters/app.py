@@ -1,6 +1,6 @@
 """The aiohttp application: routes, typed app state, start-up and clean-up hooks.
 
-Routes (DESIGN.md "Interfaces"): ``POST /twilio/voice`` (TwiML), ``GET /twilio/media`` (Media Stream
+Routes (docs/design.md "Routes"): ``POST /twilio/voice`` (TwiML), ``GET /twilio/media`` (Media Stream
 WebSocket), ``POST /twilio/stream-status`` (stream statusCallback), ``GET /healthz``.
 Security (twilio-media-streams.md §3.6): with ``TWILIO_AUTH_TOKEN`` set, the webhook, the status callback
 and the WebSocket upgrade must carry a valid ``X-Twilio-Signature``; otherwise 403 and no upstream session.

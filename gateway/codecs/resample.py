@@ -1,11 +1,11 @@
 """Streaming resamplers: one object per call per direction, state kept across chunks.
 
-audio-path-baseline.md: soxr streams hold back audio (HQ: 64–160 ms when fed 20 ms frames), so every
+docs/audio-path.md "Resampler delay": soxr streams hold back audio (HQ: 64–160 ms when fed 20 ms frames), so every
 stream here has an explicit :meth:`flush` that releases what it holds, and :meth:`reset` for barge-in.
 Two engines:
 
 - :class:`SoxrStream` — soxr ``ResampleStream`` (HQ by default) for EVI's 24/48 kHz → 8 kHz telephone
-  audio, where the anti-alias filter matters (LQ is muffled, QQ aliases: baseline "Quality" table).
+  audio, where the anti-alias filter matters (LQ is muffled, QQ aliases: docs/audio-path.md "Quality").
   Processing runs in float32 so the output carries no libsoxr int16 dither and is repeatable.
 - :class:`FirUpsampler` — a short polyphase FIR for integer up-sampling of caller audio
   (8 kHz → 16/24/48 kHz) with 1.5 ms delay instead of soxr's 64 ms.
@@ -138,9 +138,9 @@ class FirUpsampler(_Counted):
 
     The filter spans ``taps_per_phase`` input samples; its delay is half of that (12 samples = 1.5 ms at
     8 kHz) against soxr HQ's ~64 ms. Response at 8 → 16/24/48 kHz: −0.5 dB at 3.4 kHz (top of the
-    telephone band), ≤ −64 dB from 4.6 kHz (the image of 3.4 kHz), like the baseline's "numpy FIR 60 dB"
-    row. The leading delay is trimmed from the output and released by :meth:`flush`, so output is
-    time-aligned with input and the sample count is exactly ``factor`` × input.
+    telephone band), ≤ −64 dB from 4.6 kHz (the image of 3.4 kHz), like the "numpy FIR, 60 dB"
+    row of docs/audio-path.md "Quality". The leading delay is trimmed from the output and released by
+    :meth:`flush`, so output is time-aligned with input and the sample count is exactly ``factor`` × input.
     """
 
     def __init__(self, in_rate_hz: int, out_rate_hz: int, taps_per_phase: int = 24) -> None:

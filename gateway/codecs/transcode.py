@@ -1,7 +1,7 @@
-"""The two per-call transcoders (DESIGN.md "Interfaces": benchmarks and other tools call these).
+"""The two per-call transcoders (docs/design.md "Transcoders": benchmarks and other tools call these).
 
 - :class:`InboundTranscoder` — caller μ-law 8 kHz → linear16 at ``out_rate_hz``. At 8000 Hz it is a pure
-  G.711 decode: no resampler, zero added delay (audio-path-baseline.md consequence 2). Other rates use the
+  G.711 decode: no resampler, zero added delay (docs/audio-path.md "Consequences", item 2). Other rates use the
   low-delay path (integer factors: a 1.5 ms FIR; otherwise soxr LQ).
 - :class:`OutboundTranscoder` — EVI linear16 at ``in_rate_hz`` → μ-law 8 kHz through one soxr HQ stream
   whose state is kept across chunks; :meth:`~OutboundTranscoder.flush` releases the held-back tail, so every

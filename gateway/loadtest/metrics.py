@@ -1,11 +1,12 @@
 """Load-test metrics: what one emulated call measured, per turn and per call, and their distributions.
 
 Owns turning a caller's :class:`~gateway.simulator.recording.CallRecord` into numbers, all on Twilio's
-media clock as the caller lived it (anchors.md §11.1–§11.2): response latency from the caller's end of
-speech (the end of the utterance it sent) to the first agent audio heard after it; barge-in yield from
-the caller starting to talk over the agent to the agent's audio stopping; talk-over; playout gaps and
-underruns heard; frames the caller's uplink dropped (twilio-media-streams.md §1.3, 31930); set-up times
-from the webhook POST. Percentiles are linear-interpolated (numpy's default).
+media clock as the caller lived it (docs/audio-path.md "Measured at the caller's ear"): response latency
+from the caller's end of speech (the end of the utterance it sent) to the first agent audio heard after
+it; barge-in yield from the caller starting to talk over the agent to the agent's audio stopping;
+talk-over; playout gaps and underruns heard; frames the caller's uplink dropped
+(twilio-media-streams.md §1.3, 31930); set-up times from the webhook POST. Percentiles are
+linear-interpolated (numpy's default).
 """
 
 from __future__ import annotations
@@ -158,14 +159,15 @@ def turn_results(
         if wall_offset_s is not None and record.media_t0_s is not None:
             result.wall_end_s = record.media_t0_s + utt.end_ms / 1000 - wall_offset_s
         next_start = min((s for s in starts if s > utt.start_ms), default=heard_until_ms)
-        # anchors.md §11.1: end of the caller's speech → first reply audio actually heard.
+        # docs/audio-path.md "Response latency": end of the caller's speech → first reply audio actually heard.
         ongoing = _segment_at(utt.end_ms, agent, 0.0)
         result.agent_talking_at_end = ongoing is not None and utt.end_ms - ongoing.start_ms > _TALKING_AT_END_MS
         reply = next((s for s in agent if utt.end_ms <= s.start_ms < next_start), None)
         if reply is not None:
             result.response_latency_ms = reply.start_ms - utt.end_ms
         result.talk_over_ms = _overlap_ms(utt.start_ms, utt.end_ms, agent)
-        # P1: silence inside the agent's speech (shorter than a pause between replies) is an underrun.
+        # twilio-media-streams.md P1: silence inside the agent's speech (shorter than a pause between replies)
+        # is an underrun.
         window = [g for g in record.underruns if utt.end_ms <= g.start_ms < next_start]
         result.underruns = len(window)
         result.underrun_ms = sum(g.duration_ms for g in window)
@@ -174,7 +176,7 @@ def turn_results(
             if spoken_over is None:
                 result.barge_in_missed = True
             elif spoken_over.end_ms < heard_until_ms - record.speech_merge_gap_ms:
-                # anchors.md §11.2: time to yield, from the caller's first word to the agent's last sound.
+                # docs/audio-path.md "Barge-in yield": from the caller's first word to the agent's last sound.
                 result.barge_in_yield_ms = spoken_over.end_ms - utt.start_ms
                 result.barge_in_cleared = any(
                     utt.start_ms <= c <= spoken_over.end_ms + record.frame_ms for c in record.clears

@@ -2,10 +2,11 @@
 
 Owns the schedule (``calls`` in total or for ``duration_s``, at most ``concurrency`` at once, the first
 ones spread over ``ramp_up_s``), one :class:`~gateway.simulator.caller.TwilioCaller` per call (signed
-webhook, 20 ms media on a monotonic clock, real-time playout, marks and clear honoured; DESIGN.md "test
-doubles are product features"), the turn-taking of each scenario against what the caller hears, and
-measuring each call into a :class:`~gateway.loadtest.metrics.CallResult` when it ends. The caller's audio
-is kept only as long as the call runs (optionally written to a stereo WAV), so long runs stay small.
+webhook, 20 ms media on a monotonic clock, real-time playout, marks and clear honoured: a faithful peer,
+docs/design.md "Test doubles ship with the product"), the turn-taking of each scenario against what the
+caller hears, and measuring each call into a :class:`~gateway.loadtest.metrics.CallResult` when it ends.
+The caller's audio is kept only as long as the call runs (optionally written to a stereo WAV), so long runs
+stay small.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["VOICE_PATH", "LoadTestConfig", "LoadTestResult", "Progress", "run_ca
 
 log = logging.getLogger(__name__)
 
-VOICE_PATH = "/twilio/voice"  # DESIGN.md "Routes": the voice webhook
+VOICE_PATH = "/twilio/voice"  # docs/design.md "Routes": the voice webhook
 _DTMF_SPACING_MS = 100
 _SLACK_S = 30.0
 _GIVE_UP_DIAL_ERRORS = 10

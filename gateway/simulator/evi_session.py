@@ -19,7 +19,7 @@ E0200  audio_format_not_declared     audio before any ``session_settings.audio``
 E0201  invalid_base64                ``audio_input.data`` is not base64
 =====  ============================  ==============================================================
 
-An unknown ``type`` is recorded and ignored (what EVI does is unconfirmed; DESIGN.md: never fatal).
+An unknown ``type`` is recorded and ignored (what EVI does is unconfirmed; docs/design.md "Conventions": never fatal).
 The session stays open after every error. Audio sent before it was declared is not kept.
 """
 

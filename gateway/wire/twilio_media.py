@@ -141,7 +141,7 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class UnknownEvent:
-    """An ``event`` this module does not know; logged and ignored, never an error (DESIGN: errors)."""
+    """An ``event`` this module does not know; logged and ignored, never an error (docs/design.md "Conventions")."""
 
     event: str
     fields: tuple[str, ...]

@@ -1,5 +1,4 @@
-"""The seam between the per-call core and a speech-to-speech upstream (DESIGN: "The upstream sits behind one
-seam").
+"""The seam between the per-call core and a speech-to-speech upstream (docs/design.md "One upstream seam").
 
 Owns: the vendor-neutral events the core receives, the command it sends at session start, and the
 UpstreamCodec protocol a vendor codec implements to turn its wire text into these events and back. Nothing
