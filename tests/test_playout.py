@@ -199,7 +199,7 @@ def test_played_ms_advances_with_echoes_in_the_current_generation() -> None:
 
 
 def test_stale_echoes_after_clear_advance_nothing() -> None:
-    """Echoes of marks sent before a clear are stale and leave played ms unchanged (P6)."""
+    """Echoes of marks sent before a clear are stale and leave played ms unchanged (twilio-media-streams.md P6)."""
     buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=100))
     buffer.push(A, audio(8000))
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]

@@ -1,12 +1,12 @@
 """The outbound playout buffer: what upstream audio goes to Twilio, when, and what the caller has heard.
 
-This is the gateway's real jitter buffer (aesthetics.md §4.3). Upstream audio, already 8 kHz μ-law,
-arrives faster than real time; the buffer keeps it as a FIFO of ``frame_ms`` frames tagged
-``(response id, generation)``, releases it so that Twilio holds only a small lead over real time
-(twilio-media-streams.md P1), coalesces frames into media messages each followed by a uniquely named mark
-(§2.2, P14), maps mark echoes back to audio actually played (P4c, P6), and does barge-in bookkeeping
-(P3, P5). Like aiortc's jitter buffer (aesthetics.md §2.3) it touches no socket and reads no clock:
-the time is an argument and methods return decisions for the core to send.
+This is the gateway's real jitter buffer. Upstream audio, already 8 kHz μ-law, arrives faster than real
+time; the buffer keeps it as a FIFO of ``frame_ms`` frames tagged ``(response id, generation)``, releases it
+so that Twilio holds only a small lead over real time (twilio-media-streams.md P1), coalesces frames into
+media messages each followed by a uniquely named mark (§2.2, P14), maps mark echoes back to audio actually
+played (P4c, P6), and on ``clear`` drops what it holds and starts a new generation (P3, P5); deciding when to
+clear is the outbound side's. Like aiortc's jitter buffer (docs/audio-path.md "Playout buffer") it touches no
+socket and reads no clock: the time is an argument and methods return decisions for the core to send.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ class _CallerRun:
             self.dial_errors.append(str(exc))
             return
         call = _Call(index, ws, stream_sid)
-        await ws.send_str(connected_message())  # §1.1: the one message without a sequence number
+        await ws.send_str(connected_message())  # twilio-media-streams.md §1.1: the one without a sequence number
         start = start_message(
             sequence_number=1, stream_sid=stream_sid, account_sid=account_sid, call_sid=call_sid,
             custom_parameters=record.custom_parameters,

@@ -233,7 +233,7 @@ class CallRecord:
 
     @property
     def underrun_ms(self) -> float:
-        """Silence inside a stretch of speech: the underruns' total (P1)."""
+        """Silence inside a stretch of speech: the underruns' total (twilio-media-streams.md P1)."""
         return sum(g.duration_ms for g in self.underruns)
 
     @property
