@@ -15,8 +15,20 @@ from typing import Any
 
 from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
 from gateway.codecs.wav import write_wav
-from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
-from gateway.core.call import Call, CallParams, TokenRedeemer
+from gateway.core.actions import (
+    Action,
+    CloseTwilio,
+    CloseUpstream,
+    OpenUpstream,
+    RunTool,
+    SendTwilio,
+    SendUpstream,
+    TransferCall,
+)
+from gateway.core.call import Call
+from gateway.core.lines import LineDirectory
+from gateway.core.params import CallParams, TokenRedeemer
+from gateway.core.tools import ToolOutcome
 from gateway.simulator.twilio_playback import MarkEcho, TwilioPlayback
 from gateway.wire import evi_messages as evi
 from gateway.wire import twilio_media as tw
@@ -35,12 +47,13 @@ class CallDriver:
         stream_sid: str = "MZ" + "2" * 32,
         account_sid: str = "AC" + "3" * 32,
         start_s: float = 1000.0,
+        lines: LineDirectory | None = None,
     ) -> None:
         self.now = start_s
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.account_sid = account_sid
-        self.call = Call(params or CallParams(), EviCodec(), tokens, now=self.now)
+        self.call = Call(params or CallParams(), EviCodec(), tokens, now=self.now, lines=lines)
         self.actions: list[Action] = []
         self._seq = 0
         self._chunk = 0
@@ -132,10 +145,23 @@ class CallDriver:
         text = message if isinstance(message, str) else message.to_json()
         return self._record(self.call.receive_upstream(text, self.now))
 
-    def ready(self) -> list[Action]:
+    def ready(self, chat_id: str = "chat-1", chat_group_id: str = "group-1") -> list[Action]:
         """The upstream socket opens and says hello (evi-protocol.md §1.4)."""
         actions = self._record(self.call.upstream_opened(self.now))
-        return actions + self.upstream(evi.ChatMetadata(chat_id="chat-1", chat_group_id="group-1", request_id="req-1"))
+        metadata = evi.ChatMetadata(chat_id=chat_id, chat_group_id=chat_group_id, request_id="req-1")
+        return actions + self.upstream(metadata)
+
+    def upstream_closed(self, code: int | None = 1000, reason: str = "") -> list[Action]:
+        """The upstream socket closes (``code`` None: it failed, or could not be opened)."""
+        return self._record(self.call.upstream_closed(self.now, code, reason))
+
+    def tool_finished(self, tool_call_id: str, outcome: ToolOutcome) -> list[Action]:
+        """A tool endpoint answered (or failed)."""
+        return self._record(self.call.tool_finished(tool_call_id, outcome, self.now))
+
+    def transfer_failed(self, detail: str = "HTTP 404") -> list[Action]:
+        """Twilio refused the REST redirect."""
+        return self._record(self.call.transfer_failed(self.now, detail))
 
     def say(self, response_id: str, pcm16: bytes, rate_hz: int, *, index: int = 0) -> list[Action]:
         """One ``audio_output`` chunk (a whole WAV file)."""
@@ -191,4 +217,8 @@ class CallDriver:
                     out.append("close_upstream")
                 case CloseTwilio():
                     out.append("close_twilio")
+                case RunTool():
+                    out.append("run_tool")
+                case TransferCall():
+                    out.append("transfer")
         return out

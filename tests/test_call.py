@@ -10,7 +10,7 @@ import pytest
 
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.core.actions import CloseTwilio, CloseUpstream, OpenUpstream
-from gateway.core.call import CallParams
+from gateway.core.params import CallParams
 from gateway.core.states import CallState
 from gateway.testing import CallDriver
 from gateway.wire import evi_messages as evi
@@ -300,12 +300,20 @@ def test_deadlines_end_the_call(setup: str, wait_ms: int, reason: str) -> None:
     assert d.call.end_reason is not None and d.call.end_reason.value == reason
 
 
-def test_max_duration_ends_the_call() -> None:
-    """A call is ended when it reaches max_duration_s."""
+def test_max_duration_speaks_a_goodbye_then_ends_the_call() -> None:
+    """At max_duration_s (counted from the session start) the agent is asked to say the line's goodbye; once it
+    has been heard, the call ends."""
     d = active_driver(max_duration_s=2.0)
-    d.advance(2100)
+    actions = d.advance(2100)
+    assert d.call.state is CallState.SAYING_GOODBYE
+    assert {"type": "assistant_input", "text": d.call.line.max_duration_message} in d.to_upstream(actions)
+    d.say("bye", tone_pcm(600, 24000), 24000)
+    d.upstream(evi.AssistantEnd())
+    assert d.call.state is CallState.ENDING
+    d.advance(1000)
     assert d.call.state is CallState.CLOSED
     assert d.call.end_reason is not None and d.call.end_reason.value == "max_duration"
+    assert d.playback.heard_audio_bytes == pytest.approx(600 * 8, abs=160)
 
 
 def test_caller_hangup_closes_upstream_once() -> None:
@@ -346,7 +354,10 @@ def test_function_hang_up_tool_gets_a_tool_response() -> None:
     d = active_driver()
     sent = d.to_upstream(d.upstream(_hang_up_tool(builtin=False)))
     assert sent == [{"type": "tool_response", "tool_call_id": "tc-1", "content": "ok"}]
-    assert d.call.state is CallState.CLOSED  # nothing was playing: the call ends at once
+    d.advance(1400)
+    assert d.call.state is CallState.SAYING_GOODBYE  # waiting for a goodbye that may still come
+    d.advance(200)
+    assert d.call.state is CallState.CLOSED  # none came within agent_silence_grace_s
 
 
 def test_resampler_tail_is_flushed_when_upstream_audio_pauses() -> None:

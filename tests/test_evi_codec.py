@@ -259,7 +259,13 @@ DECODE_CASES: list[tuple[str, Any, object]] = [
             slug="transcription_disconnected",
             message="Transcription socket disconnected.",
             request_id=None,
+            fatal=True,
         ),
+    ),
+    (
+        "error-not-fatal",
+        sdk.WebSocketError(code="E0101", slug="invalid_message", message="Missing field."),
+        UpstreamFault(code="E0101", slug="invalid_message", message="Missing field.", request_id=None, fatal=False),
     ),
     (
         "assistant_prosody",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.call import CallParams
+from gateway.core.params import CallParams
 from gateway.core.states import (
     CALLER_AUDIO,
     DEADLINES,

@@ -5,8 +5,13 @@ Audio-bearing actions show sizes, never payloads, in their ``repr`` (payloads ar
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from gateway.core.playout import PlayoutDecision, SendClear, SendMark, SendMedia
+from gateway.core.tools import ToolEndpoint
+from gateway.wire import twilio_media as tw
 from gateway.wire.upstream import SessionStart
 
 
@@ -55,4 +60,43 @@ class CloseTwilio:
     reason: str = ""
 
 
-Action = SendTwilio | SendUpstream | OpenUpstream | CloseUpstream | CloseTwilio
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """POST a function tool call to its endpoint; report back with ``Call.tool_finished`` (never nothing).
+
+    The request is cancelled if the call ends first. ``context`` is the ``call`` object of the endpoint
+    contract (``call_sid``, ``from``, ``to``, ``chat_id``, ``chat_group_id``).
+    """
+
+    tool_call_id: str
+    endpoint: ToolEndpoint
+    parameters: Any
+    context: Mapping[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCall:
+    """Move the live call to ``target`` (E.164 or ``sip:``) with a REST update carrying ``<Dial>``.
+
+    Twilio then sends ``stop``; report a failure with ``Call.transfer_failed``.
+    """
+
+    call_sid: str
+    destination: str
+    """The name the model chose, for logs."""
+    target: str
+
+
+def to_twilio(stream_sid: str, decisions: Iterable[PlayoutDecision]) -> Iterator[SendTwilio]:
+    """The playout buffer's decisions as Media Stream frames (docs/twilio-media-streams.md §2)."""
+    for decision in decisions:
+        match decision:
+            case SendMedia():
+                yield SendTwilio(tw.media_message(stream_sid, decision.ulaw), kind="media")
+            case SendMark():
+                yield SendTwilio(tw.mark_message(stream_sid, decision.name), kind="mark")
+            case SendClear():
+                yield SendTwilio(tw.clear_message(stream_sid), kind="clear")
+
+
+Action = SendTwilio | SendUpstream | OpenUpstream | CloseUpstream | CloseTwilio | RunTool | TransferCall

@@ -12,18 +12,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol, assert_never
+from typing import assert_never
 
 from gateway.codecs.framing import ULAW_BYTES_PER_MS, ulaw_bytes_to_ms
 from gateway.codecs.g711 import ulaw_silence
 from gateway.codecs.transcode import InboundTranscoder
-from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
-from gateway.core.inbound import InboundParams, InboundStream, PreRoll
+from gateway.core.actions import (
+    Action,
+    CloseTwilio,
+    CloseUpstream,
+    OpenUpstream,
+    RunTool,
+    SendUpstream,
+    TransferCall,
+    to_twilio,
+)
+from gateway.core.inbound import InboundStream, PreRoll
+from gateway.core.lines import DEFAULT_LINE, LineConfig, LineDirectory
 from gateway.core.outbound import OutboundAudio
-from gateway.core.playout import PlayoutDecision, PlayoutParams, SendClear, SendMark, SendMedia
+from gateway.core.params import CallParams, TokenRedeemer
+from gateway.core.playout import PlayoutDecision
+from gateway.core.resume import Resumption
 from gateway.core.states import (
     AGENT_AUDIO,
+    APOLOGISE,
     CALLER_AUDIO,
     CLOSE_CODES,
     DEADLINES,
@@ -33,9 +45,11 @@ from gateway.core.states import (
     Input,
     Lifecycle,
     LinkInput,
+    LinkState,
     Transition,
 )
 from gateway.core.stats import CallStats
+from gateway.core.tools import HangUp, Reply, Run, ToolCalls, ToolOutcome, Transfer
 from gateway.errors import AudioFormatError, TwilioProtocolError, UpstreamProtocolError
 from gateway.ids import CallSid, ResponseId, StreamSid
 from gateway.wire import twilio_media as tw
@@ -62,35 +76,9 @@ log = logging.getLogger("gateway.call")
 EXPECTED_MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)
 # Keys of start.customParameters that become upstream session variables (set by our webhook).
 CALL_VARIABLE_KEYS = ("caller_number", "called_number")
-# docs/evi-protocol.md §6: the built-in tool that ends the call after a farewell.
-HANG_UP_TOOL = "hang_up"
 
 Work = Callable[[], list[Action]]
 """What an accepted input does besides moving the state; runs only after the table accepted the input."""
-
-
-class TokenRedeemer(Protocol):
-    """Checks a stream token minted by the webhook (gateway.wire.stream_token.StreamTokens)."""
-
-    def redeem(self, token: str, call_sid: str, now_s: float) -> TokenVerdict:
-        """Verify and consume ``token`` for ``call_sid``."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class CallParams:
-    """What one call needs from the settings."""
-
-    input_rate_hz: int = 8000
-    preroll_ms: int = 2000
-    start_timeout_s: float = 10.0
-    upstream_connect_timeout_s: float = 10.0
-    max_duration_s: float = 1800.0
-    goodbye_timeout_s: float = 10.0
-    """After the agent's hang-up, how long its goodbye may take to arrive before the call ends anyway."""
-    drain_timeout_s: float = 10.0
-    playout: PlayoutParams = field(default_factory=PlayoutParams)
-    inbound: InboundParams = field(default_factory=InboundParams)
 
 
 class Call:
@@ -103,10 +91,17 @@ class Call:
         tokens: TokenRedeemer | None = None,
         *,
         now: float,
+        lines: LineDirectory | None = None,
     ) -> None:
         self.params = params
         self._codec = codec
         self._tokens = tokens
+        self._lines = lines
+        self.line: LineConfig = DEFAULT_LINE
+        self._tools = ToolCalls(codec, {}, {}, transfers_enabled=False)
+        self._transfer: TransferCall | None = None
+        self._agent_mark = (0, 0)
+        self._resume = Resumption(params.reconnect_backoff_s, now)
         self._life = Lifecycle(now)
         self._timeouts_s = {d.timeout_param: float(getattr(params, d.timeout_param)) for d in DEADLINES.values()}
         self.stream_sid: StreamSid | None = None
@@ -183,6 +178,10 @@ class Call:
             log.warning("T< start rejected: %s (call %s)", problem, message.call_sid)
             return self._handle(Input.START_REJECTED, now, detail=problem)
         self.custom_parameters = dict(message.custom_parameters)
+        if self._lines is not None:
+            self.line = self._lines.line_for(self.custom_parameters.get("called_number"))
+        line = self.line
+        self._tools = ToolCalls(self._codec, line.tools, line.transfer, transfers_enabled=self.params.transfers_enabled)
         return self._handle(Input.START, now)
 
     def _on_media(self, message: tw.Media, now: float) -> list[Action]:
@@ -239,12 +238,54 @@ class Call:
         return []
 
     def upstream_closed(self, now: float, code: int | None = None, reason: str = "") -> list[Action]:
-        """The upstream socket closed, or could not be opened (``code`` None)."""
+        """The upstream socket closed, or could not be opened or written to (``code`` None)."""
+        asked = self._life.link is LinkState.CLOSING
         self._life.link_event(LinkInput.CLOSED)
         detail = f"upstream closed (code {code}{', ' + reason if reason else ''})"
         if self._life.state not in (CallState.ENDING, CallState.CLOSED):
             log.info("E< %s", detail)
-        return self._handle(Input.UPSTREAM_CLOSED, now, detail=detail)
+        group_known = self.upstream_group_id is not None
+        event = self._resume.classify(self._life.state, code, asked=asked, group_known=group_known)
+        if event is Input.UPSTREAM_DROPPED:
+            return self._handle(event, now, lambda: self._dropped(now), detail=detail)
+        return self._handle(event, now, detail=detail)
+
+    def _dropped(self, now: float) -> list[Action]:
+        self._resume.dropped(self._life.state, now)
+        return []
+
+    def _try_resume(self, now: float) -> list[Action]:
+        """In RECONNECTING: open a resumed session when the backoff has passed and no attempt is running."""
+        if self._life.link is not LinkState.CLOSED or not self._resume.take(now):
+            return []
+        self._count("upstream_resume_attempts")
+        log.info("E> resuming chat group %s (attempt %d)", self.upstream_group_id, self._resume.attempts)
+        self._life.link_event(LinkInput.OPEN)
+        return [OpenUpstream(self._session_start(resume=True))]
+
+    def tool_finished(self, tool_call_id: str, outcome: ToolOutcome, now: float) -> list[Action]:
+        """A :class:`~gateway.core.actions.RunTool` finished; its answer goes to the upstream if still open."""
+        return self._handle(Input.TOOL_RESULT, now, lambda: self._tool_answer(tool_call_id, outcome))
+
+    def _tool_answer(self, tool_call_id: str, outcome: ToolOutcome) -> list[Action]:
+        answer = self._tools.finished(tool_call_id, outcome)
+        if answer is None:
+            return []
+        if not outcome.ok:
+            self._count("tool_errors")
+            log.warning("E> tool_error for %s: %s %s", tool_call_id, outcome.code, outcome.error)
+        if self._life.link is not LinkState.OPEN:
+            log.info("E> answer to tool call %s dropped: the upstream is not open", tool_call_id)
+            return []
+        return [SendUpstream(answer, kind="tool_error" if not outcome.ok else "tool_response")]
+
+    def transfer_failed(self, now: float, detail: str) -> list[Action]:
+        """The REST redirect of a :class:`~gateway.core.actions.TransferCall` failed."""
+        log.warning("= transfer of call %s failed: %s", self.call_sid, detail)
+        self._count("transfers_failed")
+        if self._life.link is LinkState.OPEN:
+            return self._handle(Input.TRANSFER_FAILED, now, detail=detail)
+        return self._handle(Input.UPSTREAM_LOST, now, detail=f"transfer failed: {detail}")
 
     def receive_upstream(self, text: str | bytes, now: float) -> list[Action]:
         """Handle one upstream frame."""
@@ -279,12 +320,12 @@ class Call:
                 detail = f"upstream error {event.code} {event.slug}: {event.message} (request {event.request_id})"
                 self._faults.append(f"{event.code} {event.slug}")
                 log.warning("E< %s", detail)
-                return self._handle(Input.UPSTREAM_FAULT, now, detail=detail)
+                # docs/evi-protocol.md §8: an error ends the call only if it is fatal or the session never started.
+                if event.fatal or self._life.state is CallState.CONNECTING_UPSTREAM:
+                    return self._handle(Input.UPSTREAM_FAULT, now, detail=detail)
             case ToolCall():
                 self._count("tool_calls")
-                if event.name == HANG_UP_TOOL:
-                    return self._handle(Input.HANG_UP, now, lambda: self._on_hang_up(event), detail="agent hung up")
-                log.info("E< tool_call %s (%s) not handled by this gateway", event.name, event.tool_call_id)
+                return self._on_tool_call(event, now)
             case AssistantText():
                 self._count("assistant_messages")
             case UpstreamNotice():
@@ -304,21 +345,59 @@ class Call:
             log.warning("E< audio_output %s/%d dropped: %s", event.response_id, event.index, exc)
             return []
 
-    def _on_hang_up(self, event: ToolCall) -> list[Action]:
-        """docs/evi-protocol.md §6: the agent ends the call once its goodbye has been heard in full."""
-        log.info("E< tool_call hang_up (%s): ending after the goodbye plays", event.tool_call_id)
-        if not event.builtin and event.response_required:
-            return [SendUpstream(self._codec.encode_tool_response(event.tool_call_id, "ok"), kind="tool_response")]
-        return []
+    def _on_tool_call(self, event: ToolCall, now: float) -> list[Action]:
+        """docs/evi-protocol.md §6: every function call is answered, now or when its endpoint replies."""
+        decision = self._tools.decide(
+            event.name, event.tool_call_id, event.parameters_json, builtin=event.builtin, reply=event.response_required
+        )
+        log.info("E< tool_call %s (%s, %s)", event.name, event.tool_call_id, type(decision).__name__.lower())
+        match decision:
+            case HangUp():
+                reply = decision.reply
+                return self._handle(Input.HANG_UP, now, lambda: self._tool_reply(reply), detail="agent hung up")
+            case Transfer():
+                if self._life.decide(Input.TRANSFER) is None:
+                    return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(decision.refused))
+                assert self.call_sid is not None
+                self._transfer = TransferCall(self.call_sid, decision.destination, decision.target)
+                detail = f"transfer to {decision.destination}"
+                return self._handle(Input.TRANSFER, now, lambda: self._tool_reply(decision.accepted), detail=detail)
+            case Run():
+                run = RunTool(event.tool_call_id, decision.endpoint, decision.parameters, self._tool_context())
+                return self._handle(Input.UPSTREAM_EVENT, now, lambda: [run])
+            case Reply():
+                text = decision.text
+                return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(text))
+        assert_never(decision)
+
+    @staticmethod
+    def _tool_reply(text: str | None) -> list[Action]:
+        if text is None:
+            return []
+        kind = "tool_error" if '"tool_error"' in text[:40] else "tool_response"
+        return [SendUpstream(text, kind=kind)]
+
+    def _tool_context(self) -> dict[str, str | None]:
+        return {
+            "call_sid": self.call_sid,
+            "from": self.custom_parameters.get("caller_number"),
+            "to": self.custom_parameters.get("called_number"),
+            "chat_id": self.upstream_session_id,
+            "chat_group_id": self.upstream_group_id,
+        }
 
     def _on_upstream_ready(self, event: UpstreamReady) -> list[Action]:
+        if self.upstream_group_id is not None and event.group_id != self.upstream_group_id:
+            self._count("upstream_resume_new_group")
+            log.warning("E< resumed session has chat group %s, not %s", event.group_id, self.upstream_group_id)
         self.upstream_session_id = event.session_id
         self.upstream_group_id = event.group_id
         log.info("E< session %s ready (group %s, request %s)", event.session_id, event.group_id, event.request_id)
         return []
 
-    def _session_start(self) -> SessionStart:
-        variables = {k: v for k in CALL_VARIABLE_KEYS if (v := self.custom_parameters.get(k))}
+    def _session_start(self, *, resume: bool = False) -> SessionStart:
+        variables = dict(self.line.variables)
+        variables.update({k: v for k in CALL_VARIABLE_KEYS if (v := self.custom_parameters.get(k))})
         if self.call_sid is not None:
             variables["call_sid"] = self.call_sid
         return SessionStart(
@@ -326,6 +405,8 @@ class Call:
             channels=1,
             variables=variables,
             custom_session_id=self.call_sid,
+            config_id=self.line.config_id,
+            resume_group_id=self.upstream_group_id if resume else None,
         )
 
     # ------------------------------------------------------------------ the clock
@@ -339,7 +420,13 @@ class Call:
             transition, reason, detail = overdue
             log.info("= deadline in state %s: %s", transition.source.value, detail)
             return self._move(transition, now, [], reason=reason, detail=detail)
-        return self._handle(Input.TICK, now, lambda: self._twilio(self._outbound.poll(now)))
+        return self._handle(Input.TICK, now, lambda: self._on_tick(now))
+
+    def _on_tick(self, now: float) -> list[Action]:
+        actions = self._twilio(self._outbound.poll(now))
+        if self._life.state is CallState.RECONNECTING:
+            actions += self._try_resume(now)
+        return actions
 
     # ------------------------------------------------------------------ deciding and moving
 
@@ -373,16 +460,28 @@ class Call:
             self._life.commit(transition, now, reason, detail)
             if transition.moves:
                 actions += self._entered(transition, now)
-            triggered = self._life.triggered(self._conditions())
+            triggered = self._life.triggered(self._conditions(now))
             if triggered is None:
                 return actions
             transition, reason, detail = triggered, None, ""
 
-    def _conditions(self) -> dict[Condition, bool]:
+    def _conditions(self, now: float) -> dict[Condition, bool]:
+        idle = self._outbound.idle
+        finished = self._agent_finished(now)
         return {
-            Condition.AGENT_TURN_OVER: self._outbound.agent_turn_over,
-            Condition.PLAYOUT_IDLE: self._outbound.idle,
+            Condition.AGENT_FINISHED: finished,
+            Condition.PLAYOUT_IDLE: idle,
+            Condition.HANDOFF_HEARD: finished and idle,
         }
+
+    def _agent_finished(self, now: float) -> bool:
+        """Since the state began, the agent ended a turn, or started none within the grace period."""
+        if not self._outbound.agent_turn_over:
+            return False
+        started, ended = self._outbound.agent_turns
+        if ended > self._agent_mark[1]:
+            return True
+        return started == self._agent_mark[0] and now - self._life.entered_s >= self.params.agent_silence_grace_s
 
     def _entered(self, transition: Transition, now: float) -> list[Action]:
         """Entry actions: what reaching a state asks of the sockets."""
@@ -390,19 +489,45 @@ class Call:
             case CallState.CONNECTING_UPSTREAM:
                 self._life.link_event(LinkInput.OPEN)
                 return [OpenUpstream(self._session_start())]
+            case CallState.ACTIVE if transition.source is CallState.REDIRECTING:
+                # The transfer failed: the agent carries on, and says so.
+                resume = SendUpstream(self._codec.encode_resume(), kind="resume_assistant")
+                say = SendUpstream(self._codec.encode_assistant_text(self.line.transfer_failed_message), kind="say")
+                return [resume, say]
             case CallState.ACTIVE:
                 # docs/evi-protocol.md §1.4: audio settings go out before any audio_input, then the pre-roll.
                 settings = self._codec.encode_session_start(self._session_start())
                 held = [SendUpstream(self._codec.encode_audio(pcm)) for pcm in self._preroll.drain()]
                 return [SendUpstream(settings, kind="session_settings"), *held]
+            case CallState.RECONNECTING:
+                return self._try_resume(now)
+            case CallState.TRANSFERRING | CallState.SAYING_GOODBYE:
+                self._agent_mark = self._outbound.agent_turns
+                if transition.target is CallState.SAYING_GOODBYE and transition.cause is Input.DEADLINE:
+                    return self._say(self.line.max_duration_message)
+                return []
+            case CallState.REDIRECTING:
+                assert self._transfer is not None
+                log.info("= moving call %s to %s", self.call_sid, self._transfer.destination)
+                self._count("transfers")
+                pause = [SendUpstream(self._codec.encode_pause(), kind="pause_assistant")]
+                return [*(pause if self._life.link is LinkState.OPEN else []), self._transfer]
             case CallState.ENDING:
                 self._outbound.upstream_gone()
-                return self._close_upstream()
+                actions = self._close_upstream()
+                if self._life.end_reason in APOLOGISE and self.params.apology_ulaw:
+                    actions += self._twilio(self._outbound.play_prompt(self.params.apology_ulaw, now))
+                return actions
             case CallState.CLOSED:
                 return self._closed(transition, now)
-            case CallState.AWAITING_START | CallState.SAYING_GOODBYE:
+            case CallState.AWAITING_START:
                 return []
         assert_never(transition.target)
+
+    def _say(self, text: str) -> list[Action]:
+        if self._life.link is not LinkState.OPEN or not text:
+            return []
+        return [SendUpstream(self._codec.encode_assistant_text(text), kind="say")]
 
     def _closed(self, transition: Transition, now: float) -> list[Action]:
         self._ended_s = now
@@ -421,17 +546,7 @@ class Call:
     def _twilio(self, decisions: list[PlayoutDecision]) -> list[Action]:
         if self.stream_sid is None or not decisions:
             return []
-        return [self._to_twilio(d) for d in decisions]
-
-    def _to_twilio(self, decision: SendMedia | SendMark | SendClear) -> SendTwilio:
-        assert self.stream_sid is not None
-        match decision:
-            case SendMedia():
-                return SendTwilio(tw.media_message(self.stream_sid, decision.ulaw), kind="media")
-            case SendMark():
-                return SendTwilio(tw.mark_message(self.stream_sid, decision.name), kind="mark")
-            case SendClear():
-                return SendTwilio(tw.clear_message(self.stream_sid), kind="clear")
+        return list(to_twilio(self.stream_sid, decisions))
 
     def _count(self, key: str) -> None:
         self._counts[key] = self._counts.get(key, 0) + 1

@@ -48,6 +48,9 @@ class OutboundAudio:
         self._last_audio_s: float | None = None
         self._cut: set[ResponseId] = set()
         self._turn_over = True
+        self._turns_started = 0
+        self._turns_ended = 0
+        self._prompts = 0
         self._chunks = 0
         self._chunks_dropped_late = 0
         self._responses = 0
@@ -63,6 +66,8 @@ class OutboundAudio:
             self._chunks_dropped_late += 1
             return []
         chunk = read_wav(wav)
+        if self._turn_over:
+            self._turns_started += 1
         self._turn_over = False
         self._chunks += 1
         self._upstream_audio_ms += chunk.duration_ms
@@ -81,12 +86,22 @@ class OutboundAudio:
         """The upstream finished this turn: release the resampler tail, close the response, release what is due."""
         self._finish_current()
         self._turn_over = True
+        self._turns_ended += 1
         return self.poll(now_s)
 
     def upstream_gone(self) -> None:
         """The upstream is closing: no more audio comes, so release the resampler tail of a cut-off response."""
         self._finish_current()
         self._turn_over = True
+
+    def play_prompt(self, ulaw: bytes, now_s: float) -> list[PlayoutDecision]:
+        """Queue a recording of the gateway's own (8 kHz μ-law), after whatever is queued, and release what is due."""
+        self._finish_current()
+        self._prompts += 1
+        prompt = ResponseId(f"gateway-prompt-{self._prompts}")
+        self._playout.push(prompt, ulaw)
+        self._playout.end_response(prompt)
+        return self.poll(now_s)
 
     # ------------------------------------------------------------------ barge-in
 
@@ -111,6 +126,8 @@ class OutboundAudio:
         if self._transcoder is not None:
             self._transcoder.reset()
         self._last_audio_s = None
+        if not self._turn_over:
+            self._turns_ended += 1
         self._turn_over = True
         return list(self._playout.clear(now_s))
 
@@ -138,6 +155,11 @@ class OutboundAudio:
     def agent_turn_over(self) -> bool:
         """No more audio of the agent's current turn is expected (it ended or was cut off)."""
         return self._turn_over
+
+    @property
+    def agent_turns(self) -> tuple[int, int]:
+        """``(started, ended)``: agent turns whose audio began arriving, and turns that ended or were cut off."""
+        return self._turns_started, self._turns_ended
 
     def statistics(self) -> OutboundStats:
         """Counters since the call began."""

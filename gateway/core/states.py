@@ -32,8 +32,14 @@ class CallState(enum.Enum):
     AWAITING_START = "awaiting start"
     CONNECTING_UPSTREAM = "connecting upstream"
     ACTIVE = "active"
+    RECONNECTING = "reconnecting"
+    """The upstream dropped; the caller stays on the line while the chat is resumed (docs/evi-protocol.md §7)."""
+    TRANSFERRING = "transferring"
+    """The agent is handing the caller over; its hand-off line plays before the call is moved."""
+    REDIRECTING = "redirecting"
+    """Twilio was asked to move the call (docs/twilio-media-streams.md "REST call update"); its `stop` follows."""
     SAYING_GOODBYE = "saying goodbye"
-    """The agent asked to hang up (docs/evi-protocol.md §6); its goodbye is still arriving."""
+    """The call is to end (the agent hung up, or the duration limit): the goodbye still arrives and plays."""
     ENDING = "ending"
     """The upstream is closed or closing; the caller hears what is queued, then the stream closes."""
     CLOSED = "closed"
@@ -56,7 +62,15 @@ class Input(enum.Enum):
     UPSTREAM_EVENT = "upstream event"
     UPSTREAM_FAULT = "upstream error"
     HANG_UP = "agent hang-up"
+    TRANSFER = "agent transfer"
     UPSTREAM_CLOSED = "upstream closed"
+    """A normal close (1000, or one we asked for): the session is over."""
+    UPSTREAM_DROPPED = "upstream dropped"
+    """An abnormal close that may be resumed (a group to resume, attempts left)."""
+    UPSTREAM_LOST = "upstream lost"
+    """The upstream is gone for good: an abnormal close that cannot be resumed."""
+    TOOL_RESULT = "tool result"
+    TRANSFER_FAILED = "transfer failed"
     TICK = "tick"
     DEADLINE = "deadline"
 
@@ -69,10 +83,12 @@ class Input(enum.Enum):
 class Condition(enum.Enum):
     """Facts about the call's audio that trigger a transition when they hold (checked after every input)."""
 
-    AGENT_TURN_OVER = "goodbye received"
-    """No more audio of the agent's current turn is coming (it ended, or was interrupted)."""
+    AGENT_FINISHED = "agent finished speaking"
+    """Since this state began the agent finished a turn, or said nothing for the grace period."""
     PLAYOUT_IDLE = "playout drained"
     """Everything sent to Twilio has been played (its marks echoed) and nothing is queued."""
+    HANDOFF_HEARD = "hand-off heard"
+    """Both of the above: the agent's last words have reached the caller's ear."""
 
 
 class EndReason(enum.Enum):
@@ -86,15 +102,19 @@ class EndReason(enum.Enum):
     UPSTREAM_CLOSED = "upstream_closed"
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_LOST = "upstream_lost"
     MAX_DURATION = "max_duration"
     HANG_UP = "hang_up"
+    TRANSFERRED = "transferred"
+    TRANSFER_FAILED = "transfer_failed"
 
 
 S = CallState
 I = Input  # noqa: E741
 C = Condition
 
-_LIVE = (S.CONNECTING_UPSTREAM, S.ACTIVE, S.SAYING_GOODBYE, S.ENDING)
+_LIVE = tuple(s for s in CallState if s not in (S.AWAITING_START, S.CLOSED))
+_UPSTREAM_ENDS = (I.UPSTREAM_FAULT, I.UPSTREAM_CLOSED, I.UPSTREAM_DROPPED, I.UPSTREAM_LOST)
 ENDWARD = frozenset({S.SAYING_GOODBYE, S.ENDING, S.CLOSED})
 """States past the conversation: the first move into one of them records the call's end reason."""
 
@@ -113,31 +133,46 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.AWAITING_START, I.DEADLINE): S.CLOSED,
     # Caller audio is held in a bounded pre-roll while the upstream connects.
     (S.CONNECTING_UPSTREAM, I.UPSTREAM_READY): S.ACTIVE,
-    (S.CONNECTING_UPSTREAM, I.UPSTREAM_FAULT): S.ENDING,
-    (S.CONNECTING_UPSTREAM, I.UPSTREAM_CLOSED): S.ENDING,
     (S.CONNECTING_UPSTREAM, I.DEADLINE): S.ENDING,
     # The conversation.
-    (S.ACTIVE, I.UPSTREAM_FAULT): S.ENDING,
     (S.ACTIVE, I.HANG_UP): S.SAYING_GOODBYE,
-    (S.ACTIVE, I.UPSTREAM_CLOSED): S.ENDING,
-    (S.ACTIVE, I.DEADLINE): S.ENDING,
-    # The agent said it will hang up: its goodbye still arrives and plays (see TRIGGERED).
+    (S.ACTIVE, I.TRANSFER): S.TRANSFERRING,
+    (S.ACTIVE, I.UPSTREAM_DROPPED): S.RECONNECTING,
+    (S.ACTIVE, I.DEADLINE): S.SAYING_GOODBYE,  # the gateway's own limit: a goodbye is spoken first
+    # docs/evi-protocol.md §7: resume the chat group; audio flows again once the new chat is ready.
+    (S.RECONNECTING, I.UPSTREAM_READY): S.ACTIVE,
+    (S.RECONNECTING, I.UPSTREAM_DROPPED): S.RECONNECTING,
+    (S.RECONNECTING, I.DEADLINE): S.ENDING,
+    # The hand-off line plays (see TRIGGERED); then Twilio is asked to move the call. Without the agent
+    # the transfer still goes ahead.
+    (S.TRANSFERRING, I.HANG_UP): S.TRANSFERRING,
+    (S.TRANSFERRING, I.DEADLINE): S.REDIRECTING,
+    # Twilio answers a redirect with `stop` (docs/twilio-media-streams.md P7); a failed one returns to the agent.
+    (S.REDIRECTING, I.HANG_UP): S.REDIRECTING,
+    (S.REDIRECTING, I.TRANSFER_FAILED): S.ACTIVE,
+    (S.REDIRECTING, I.UPSTREAM_LOST): S.ENDING,
+    (S.REDIRECTING, I.DEADLINE): S.ENDING,
+    # The goodbye arrives and plays (see TRIGGERED).
     (S.SAYING_GOODBYE, I.HANG_UP): S.SAYING_GOODBYE,
-    (S.SAYING_GOODBYE, I.UPSTREAM_FAULT): S.ENDING,
-    (S.SAYING_GOODBYE, I.UPSTREAM_CLOSED): S.ENDING,
     (S.SAYING_GOODBYE, I.DEADLINE): S.ENDING,
     # Ending: the upstream is gone or going; the caller hears what was queued (see TRIGGERED).
     (S.ENDING, I.UPSTREAM_READY): S.ENDING,
-    (S.ENDING, I.UPSTREAM_FAULT): S.ENDING,
     (S.ENDING, I.HANG_UP): S.ENDING,
-    (S.ENDING, I.UPSTREAM_CLOSED): S.ENDING,
     (S.ENDING, I.DEADLINE): S.CLOSED,
 }
-# In every live state: Twilio's frames and the clock move nothing, the caller leaving ends the call at once
-# (docs/twilio-media-streams.md P7: `stop` also follows a REST redirect), and upstream events are handled.
+# The upstream ending: fatal in the conversation, except that a drop is resumed and a transfer goes ahead.
+for _state in (S.CONNECTING_UPSTREAM, S.ACTIVE, S.RECONNECTING, S.TRANSFERRING, S.REDIRECTING, S.SAYING_GOODBYE):
+    for _event in _UPSTREAM_ENDS:
+        _target = {S.TRANSFERRING: S.REDIRECTING, S.REDIRECTING: S.REDIRECTING}.get(_state, S.ENDING)
+        TRANSITIONS.setdefault((_state, _event), _target)
+for _event in _UPSTREAM_ENDS:
+    TRANSITIONS[(S.ENDING, _event)] = S.ENDING
+# In every live state: Twilio's frames, upstream events, tool results and the clock move nothing, and the
+# caller leaving ends the call at once (docs/twilio-media-streams.md P7: `stop` also follows a REST redirect).
 for _state in _LIVE:
     for _event in (I.MEDIA, I.MARK, I.DTMF, I.TWILIO_IGNORED, I.TWILIO_VIOLATION, I.TICK, I.UPSTREAM_EVENT):
         TRANSITIONS[(_state, _event)] = _state
+    TRANSITIONS[(_state, I.TOOL_RESULT)] = _state
     TRANSITIONS[(_state, I.STOP)] = S.CLOSED
     TRANSITIONS[(_state, I.TWILIO_CLOSED)] = S.CLOSED
 # CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
@@ -145,8 +180,10 @@ for _event in Input:
     TRANSITIONS[(S.CLOSED, _event)] = S.CLOSED
 
 TRIGGERED: dict[tuple[CallState, Condition], CallState] = {
-    # docs/evi-protocol.md §6: hang up once the goodbye has been received in full …
-    (S.SAYING_GOODBYE, C.AGENT_TURN_OVER): S.ENDING,
+    # Move the caller once the hand-off line has been heard …
+    (S.TRANSFERRING, C.HANDOFF_HEARD): S.REDIRECTING,
+    # … hang up once the goodbye has been received in full (docs/evi-protocol.md §6) …
+    (S.SAYING_GOODBYE, C.AGENT_FINISHED): S.ENDING,
     # … and close the stream once the caller has heard everything queued.
     (S.ENDING, C.PLAYOUT_IDLE): S.CLOSED,
 }
@@ -157,8 +194,9 @@ class Deadline:
     """How long a state may last: ``timeout_param`` (a ``CallParams`` field, seconds) counted ``since``."""
 
     timeout_param: str
-    since: Literal["created", "started", "entered"]
-    """``created``: the socket was accepted; ``started``: Twilio's ``start``; ``entered``: this state began."""
+    since: Literal["created", "started", "ready", "entered"]
+    """``created``: the socket was accepted; ``started``: Twilio's ``start``; ``ready``: the first upstream
+    session was ready; ``entered``: this state began."""
     reason: EndReason | None
     """The end reason when the deadline is the first cause; None where the call is already ending."""
     detail: str
@@ -172,8 +210,13 @@ DEADLINES: dict[CallState, Deadline] = {
     S.CONNECTING_UPSTREAM: Deadline(
         "upstream_connect_timeout_s", "started", EndReason.UPSTREAM_TIMEOUT, "upstream not ready within {timeout_s:g} s"
     ),
-    S.ACTIVE: Deadline(
-        "max_duration_s", "started", EndReason.MAX_DURATION, "call reached max duration {timeout_s:g} s"
+    S.ACTIVE: Deadline("max_duration_s", "ready", EndReason.MAX_DURATION, "call reached max duration {timeout_s:g} s"),
+    S.RECONNECTING: Deadline(
+        "reconnect_window_s", "entered", EndReason.UPSTREAM_LOST, "upstream not resumed within {timeout_s:g} s"
+    ),
+    S.TRANSFERRING: Deadline("handoff_timeout_s", "entered", None, "hand-off line not heard within {timeout_s:g} s"),
+    S.REDIRECTING: Deadline(
+        "redirect_timeout_s", "entered", EndReason.TRANSFER_FAILED, "no stop within {timeout_s:g} s of the redirect"
     ),
     S.SAYING_GOODBYE: Deadline("goodbye_timeout_s", "entered", None, "goodbye not received within {timeout_s:g} s"),
     S.ENDING: Deadline("drain_timeout_s", "entered", None, "playout did not drain in {timeout_s:g} s"),
@@ -186,9 +229,17 @@ END_REASONS: dict[Input, EndReason] = {
     I.TWILIO_CLOSED: EndReason.TWILIO_CLOSED,
     I.UPSTREAM_FAULT: EndReason.UPSTREAM_ERROR,
     I.UPSTREAM_CLOSED: EndReason.UPSTREAM_CLOSED,
+    I.UPSTREAM_DROPPED: EndReason.UPSTREAM_LOST,
+    I.UPSTREAM_LOST: EndReason.UPSTREAM_LOST,
     I.HANG_UP: EndReason.HANG_UP,
 }
-"""The end reason an input gives when it moves the call towards its end (deadlines give their own)."""
+"""The end reason an input gives when it moves the call towards its end (deadlines give their own) …"""
+
+END_REASONS_IN: dict[tuple[CallState, Input], EndReason] = {
+    (S.REDIRECTING, I.STOP): EndReason.TRANSFERRED,
+    (S.REDIRECTING, I.UPSTREAM_LOST): EndReason.TRANSFER_FAILED,
+}
+"""… except where the state gives the input another meaning."""
 
 CLOSE_CODES: dict[EndReason, int] = {
     EndReason.START_REJECTED: 1008,
@@ -197,16 +248,28 @@ CLOSE_CODES: dict[EndReason, int] = {
 }
 """WebSocket close code of the Media Stream per end reason (RFC 6455 §7.4.1: 1008 policy violation); else 1000."""
 
+APOLOGISE: frozenset[EndReason] = frozenset(
+    {EndReason.UPSTREAM_ERROR, EndReason.UPSTREAM_TIMEOUT, EndReason.UPSTREAM_LOST, EndReason.TRANSFER_FAILED}
+)
+"""End reasons the caller is told about (a short recorded apology) instead of hearing the line go dead."""
+
 CALLER_AUDIO: dict[CallState, Literal["hold", "forward", "drop"]] = {
     S.CONNECTING_UPSTREAM: "hold",
     S.ACTIVE: "forward",
+    S.RECONNECTING: "drop",
+    S.TRANSFERRING: "forward",
+    S.REDIRECTING: "drop",
     S.SAYING_GOODBYE: "forward",
     S.ENDING: "drop",
 }
 """What each state does with caller audio (and keypresses, which are forwarded only where audio is)."""
 
-AGENT_AUDIO: frozenset[CallState] = frozenset({S.ACTIVE, S.SAYING_GOODBYE})
+AGENT_AUDIO: frozenset[CallState] = frozenset({S.ACTIVE, S.TRANSFERRING, S.SAYING_GOODBYE})
 """States in which upstream audio is queued for the caller; elsewhere it is dropped."""
+
+RESUMABLE_CLOSE_CODES: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013, 1014})
+"""Upstream closes worth resuming (RFC 6455 §7.4.1: going away, abnormal, server error, restart, try again
+later, bad gateway; None: the socket failed without a close frame). 1000 and policy closes are final."""
 
 
 # ---------------------------------------------------------------------------------- the upstream link
@@ -247,6 +310,7 @@ LINK_TRANSITIONS: dict[tuple[LinkState, LinkInput], LinkState] = {
     (L.CLOSING, LI.CLOSE): L.CLOSING,
     (L.CLOSING, LI.CLOSED): L.CLOSED,
     (L.CLOSED, LI.CLOSE): L.CLOSED,
+    (L.CLOSED, LI.OPEN): L.CONNECTING,  # a new socket, resuming the chat (docs/evi-protocol.md §7)
 }
 """Every report the adapter can legally make; anything else (e.g. ``opened`` twice) is our bug."""
 
@@ -302,7 +366,8 @@ class Lifecycle:
         if deadline is None:
             return None
         timeout_s = timeouts_s[deadline.timeout_param]
-        if now - self._anchors_s[deadline.since] < timeout_s:
+        since_s = self._anchors_s.get(deadline.since, self._anchors_s["entered"])
+        if now - since_s < timeout_s:
             return None
         transition = self.decide(Input.DEADLINE)
         assert transition is not None, f"DEADLINES lists {self.state} but TRANSITIONS has no deadline move"
@@ -313,20 +378,29 @@ class Lifecycle:
         the input's from :data:`END_REASONS`) and ``detail``; a later move's detail is appended."""
         if transition.source is not self.state:
             raise CallStateError(f"stale transition from {transition.source.value!r}; the call is {self.state.value!r}")
-        if transition.cause is Input.START:
+        cause = transition.cause
+        if cause is Input.START:
             self._anchors_s["started"] = now
+        elif cause is Input.UPSTREAM_READY:
+            self._anchors_s.setdefault("ready", now)
         if transition.moves:
             self._anchors_s["entered"] = now
             if transition.target in ENDWARD and self.end_reason is None:
-                cause = transition.cause
-                self.end_reason = reason or (END_REASONS.get(cause) if isinstance(cause, Input) else None)
+                if reason is None and isinstance(cause, Input):
+                    reason = END_REASONS_IN.get((transition.source, cause)) or END_REASONS.get(cause)
+                self.end_reason = reason
                 self.end_detail = detail
             elif transition.target in ENDWARD and detail:
                 self.end_detail = f"{self.end_detail}; {detail}" if self.end_detail else detail
         self.state = transition.target
 
-    def since_s(self, anchor: Literal["created", "started", "entered"]) -> float | None:
-        """When ``anchor`` happened (``started`` is None before Twilio's ``start``)."""
+    @property
+    def entered_s(self) -> float:
+        """When the current state began."""
+        return self._anchors_s["entered"]
+
+    def since_s(self, anchor: Literal["created", "started", "ready", "entered"]) -> float | None:
+        """When ``anchor`` happened (None for ``started``/``ready`` before Twilio's start / the first session)."""
         return self._anchors_s.get(anchor)
 
     # -- the link

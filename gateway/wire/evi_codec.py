@@ -21,6 +21,7 @@ from gateway.errors import AudioFormatError
 from gateway.ids import ResponseId
 from gateway.wire.evi_messages import (
     AssistantEnd,
+    AssistantInput,
     AssistantMessage,
     AudioConfiguration,
     AudioOutput,
@@ -64,6 +65,10 @@ _NOTICE_KINDS = frozenset({"assistant_prosody", "session_settings", "tool_respon
 _AUDIO_PREFIX = '{"type":"audio_input","data":"'
 _AUDIO_SUFFIX = '"}'
 _PAUSE = PauseAssistantMessage().to_json()
+# docs/evi-protocol.md §8 "Errors": the errors after which the chat does not go on (EVI ends it, or every
+# later message would fail the same way). Any other error is reported and the call continues; EVI closes
+# the socket itself when it cannot continue.
+FATAL_ERROR_CODES = frozenset({"I0118", "E0705"})
 _RESUME = ResumeAssistantMessage().to_json()
 
 
@@ -109,6 +114,7 @@ class EviCodec:
                     slug=message.slug,
                     message=message.message,
                     request_id=message.request_id,
+                    fatal=message.code in FATAL_ERROR_CODES,
                 )
             case UnknownMessage():
                 return UpstreamUnknown(kind)
@@ -138,9 +144,13 @@ class EviCodec:
         """§2.5 ``tool_response``."""
         return ToolResponseMessage(tool_call_id=tool_call_id, content=content).to_json()
 
-    def encode_tool_error(self, tool_call_id: str, error: str, content: str | None = None) -> str:
+    def encode_tool_error(self, tool_call_id: str, error: str, content: str | None = None, code: str = "") -> str:
         """§2.6 ``tool_error``."""
-        return ToolErrorMessage(tool_call_id=tool_call_id, error=error, content=content).to_json()
+        return ToolErrorMessage(tool_call_id=tool_call_id, error=error, content=content, code=code or None).to_json()
+
+    def encode_assistant_text(self, text: str) -> str:
+        """§2.4 ``assistant_input``: EVI says ``text`` verbatim."""
+        return AssistantInput(text=text).to_json()
 
     def encode_pause(self) -> str:
         """§2.7 ``pause_assistant_message``."""

@@ -95,12 +95,13 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamFault:
-    """The upstream reported an error; possibly fatal."""
+    """The upstream reported an error; ``fatal`` when the session cannot go on after it (the codec knows which)."""
 
     code: str
     slug: str
     message: str
     request_id: str | None
+    fatal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +139,17 @@ UpstreamEvent: TypeAlias = (
 
 @dataclass(frozen=True, slots=True)
 class SessionStart:
-    """Settings sent before any audio: the caller audio format (16-bit PCM) and prompt variables."""
+    """Settings sent before any audio: the caller audio format (16-bit PCM) and prompt variables; and how the
+    session is opened: which config, and which earlier conversation to resume."""
 
     input_rate_hz: int
     channels: int
     variables: Mapping[str, str]
     custom_session_id: str | None
+    config_id: str | None = None
+    """The upstream's configuration (prompt, voice, tools) for this call; None: the gateway's default."""
+    resume_group_id: str | None = None
+    """Resume this conversation (after a dropped socket) instead of starting a new one."""
 
     def __post_init__(self) -> None:
         if self.input_rate_hz <= 0:
@@ -175,8 +181,12 @@ class UpstreamCodec(Protocol):
         """The result of a tool call."""
         ...
 
-    def encode_tool_error(self, tool_call_id: str, error: str, content: str | None = None) -> str:
+    def encode_tool_error(self, tool_call_id: str, error: str, content: str | None = None, code: str = "") -> str:
         """A failed tool call; ``content`` is what the assistant is told instead of a result."""
+        ...
+
+    def encode_assistant_text(self, text: str) -> str:
+        """Text the upstream speaks verbatim in the assistant's voice."""
         ...
 
     def encode_pause(self) -> str:
