@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.adapters.app import make_app
     from gateway.settings import load_settings
 
-    settings = load_settings(args.config, host=args.host, port=args.port)
+    settings = load_settings(args.config, host=args.host, port=args.port, numbers_file=args.numbers)
     if settings.twilio_auth_token is None and not args.insecure:
         print(
             "gateway serve: TWILIO_AUTH_TOKEN is not set, so anyone could open calls on this server.\n"
@@ -34,6 +34,14 @@ def _serve(args: argparse.Namespace) -> int:
         for key, value in settings.redacted().items():
             print(f"{key} = {value!r}")
         return 0
+    if settings.numbers_file is not None:
+        from gateway.numbers import load_numbers
+
+        try:
+            load_numbers(settings.numbers_file)  # a bad numbers file stops the server before it listens
+        except ConfigError as exc:
+            print(f"gateway serve: {exc}", file=sys.stderr)
+            return 2
     app = make_app(settings) if args.evi == "hume" else _app_with_simulator(settings, cheap=args.evi_cheap)
     web.run_app(app, host=settings.host, port=settings.port, print=None)
     return 0
@@ -111,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides GATEWAY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides GATEWAY_PORT)")
     serve.add_argument("--config", help="TOML settings file (see config/gateway.example.toml)")
+    serve.add_argument(
+        "--numbers", help="numbers file: per called number config, tools, transfers (config/numbers.example.toml)"
+    )
     serve.add_argument("--insecure", action="store_true", help="allow running without TWILIO_AUTH_TOKEN")
     serve.add_argument("--print-config", action="store_true", help="print effective settings (secrets hidden)")
     serve.add_argument(

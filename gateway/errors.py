@@ -11,6 +11,7 @@
     ├── AudioFormatError             audio we cannot decode (bad WAV, odd byte count, wrong sample width)
     ├── UpstreamConnectError         EVI refused or could not be reached; also a ConnectionError, and its
     │                                message never holds credentials
+    ├── TwilioRestError              Twilio's REST API refused a request or could not be reached
     ├── SessionClosedError           waited on a simulated EVI session that closed
     ├── CapacityRunError             the capacity benchmark could not run (a child process died or hung)
     ├── CallFailure                  a load-test call or turn did not go as its scenario said (for Locust)
@@ -75,6 +76,10 @@ class UnknownWordsError(ConfigError):
 
 class UpstreamConnectError(GatewayError, ConnectionError):
     """The upstream session could not be opened (the message never contains credentials)."""
+
+
+class TwilioRestError(GatewayError):
+    """A Twilio REST request (e.g. moving a call) failed; the message says why, never with credentials."""
 
 
 class SessionClosedError(GatewayError):

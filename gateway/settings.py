@@ -7,6 +7,7 @@ The environment names in docs/design.md "Environment" are fixed: ``HUME_API_KEY`
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,12 +17,13 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.core.call import CallParams
 from gateway.core.inbound import InboundParams
+from gateway.core.params import CallParams
 from gateway.core.playout import PlayoutParams
 from gateway.errors import ConfigError
 
-SECRET_FIELDS = ("hume_api_key", "hume_secret_key", "twilio_auth_token")
+SECRET_FIELDS = ("hume_api_key", "hume_secret_key", "twilio_auth_token", "tool_signing_secret", "admin_token")
+PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 
 
 class Settings(BaseSettings):
@@ -62,6 +64,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
         description="enables X-Twilio-Signature checks on the webhook and the stream (env only)",
     )
+    twilio_api_url: str = Field(
+        "https://api.twilio.com", description="Twilio REST base URL (call control: transfers, hang-ups)"
+    )
     twilio_max_message_bytes: int = Field(64 * 1024, description="largest Media Stream frame accepted")
     stream_token_ttl_s: float = Field(30.0, gt=0, description="life of the single-use stream token in the TwiML")
     # Audio and call limits.
@@ -70,11 +75,28 @@ class Settings(BaseSettings):
     playout_max_message_ms: int = Field(100, ge=20, description="largest media message sent to Twilio")
     preroll_ms: int = Field(2000, ge=0, description="caller audio held while EVI connects (oldest dropped)")
     start_timeout_s: float = Field(10.0, gt=0, description="time allowed for Twilio's start message")
-    max_call_duration_s: float = Field(1800.0, gt=0, description="calls are ended after this (EVI caps at 30 min)")
+    max_call_duration_s: float = Field(
+        1800.0, gt=0, description="EVI's session limit (EVI caps at 30 min); the gateway's own is a grace after it"
+    )
+    max_duration_grace_s: float = Field(
+        30.0, ge=0, description="the gateway ends a call this long after max_call_duration_s, with a goodbye"
+    )
     goodbye_timeout_s: float = Field(
         10.0, gt=0, description="after EVI's hang_up, time allowed for its goodbye to arrive before ending anyway"
     )
     drain_timeout_s: float = Field(10.0, gt=0, description="time allowed for queued audio to play before closing")
+    reconnect_window_s: float = Field(
+        10.0, gt=0, description="a dropped EVI session may take this long to be resumed (3 tries) before the call ends"
+    )
+    handoff_timeout_s: float = Field(8.0, gt=0, description="a transfer waits this long at most for the hand-off line")
+    # Call control and tools.
+    numbers_file: Path | None = Field(None, description="numbers file: per called number config, tools, transfers")
+    tool_signing_secret: SecretStr | None = Field(
+        None, description="HMAC key signing requests to tool endpoints (X-Gateway-Signature; env only)"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the admin routes; off when unset (env only)"
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -88,9 +110,13 @@ class Settings(BaseSettings):
             preroll_ms=self.preroll_ms,
             start_timeout_s=self.start_timeout_s,
             upstream_connect_timeout_s=self.evi_connect_timeout_s,
-            max_duration_s=self.max_call_duration_s,
+            max_duration_s=self.max_call_duration_s + self.max_duration_grace_s,
             goodbye_timeout_s=self.goodbye_timeout_s,
             drain_timeout_s=self.drain_timeout_s,
+            reconnect_window_s=self.reconnect_window_s,
+            handoff_timeout_s=self.handoff_timeout_s,
+            transfers_enabled=self.twilio_account_sid is not None and self.twilio_auth_token is not None,
+            apology_ulaw=prompt("apology"),
             playout=PlayoutParams(lead_ms=self.playout_lead_ms, max_message_ms=self.playout_max_message_ms),
             inbound=InboundParams(),
         )
@@ -144,3 +170,9 @@ def _values_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[name] = environ[key]
                 break
     return values
+
+
+@functools.cache
+def prompt(name: str) -> bytes:
+    """A bundled prompt of the gateway's (8 kHz μ-law from ``gateway/data/prompts``), read once."""
+    return (PROMPTS_DIR / f"{name}.ulaw").read_bytes()

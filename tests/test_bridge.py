@@ -112,19 +112,45 @@ async def test_caller_hang_up_closes_evi_within_a_second(gateway: RunningGateway
         await asyncio.wait_for(session.closed.wait(), 1.0)
 
 
-@pytest.mark.parametrize("fault", ["close", "error", "drop"])
+@pytest.mark.parametrize("fault", ["close", "error"])
 async def test_evi_ending_closes_the_twilio_socket(gateway: RunningGateway, evi_sim: EviSimulator, fault: str) -> None:
-    """EVI closing, sending an error, or dropping the connection ends the call: the stream is closed."""
+    """EVI closing normally, or sending an error it cannot go on from, ends the call: the stream is closed."""
     async with TwilioCaller(caller_config(gateway)) as caller:
         session = await connected(caller, evi_sim)
         if fault == "close":
             await session.close(1000, "bye")
-        elif fault == "error":
-            await session.send_error("I0118", "transcription_disconnected", "Transcription socket disconnected.")
         else:
-            session.drop()
-        assert await caller.wait_closed(5)
+            await session.send_error("I0118", "transcription_disconnected", "Transcription socket disconnected.")
+        assert await caller.wait_closed(8)
         assert caller.record.closed_by == "gateway"
+
+
+async def test_evi_drop_is_resumed_in_the_same_chat_group(gateway: RunningGateway, evi_sim: EviSimulator) -> None:
+    """EVI's TCP connection dropping mid-call: the gateway opens one resumed chat of the same group, the
+    caller's stream stays open, caller audio reaches the new chat and its audio is heard."""
+    async with TwilioCaller(caller_config(gateway)) as caller:
+        first = await connected(caller, evi_sim)
+        first.drop()
+        second = await evi_sim.wait_session(1, 5)
+        await second.wait_message("session_settings")
+        assert second.resumed_chat_group_id == first.chat_group_id == second.chat_group_id
+        await second.wait_audio_ms(200)
+        heard_ms = caller.record.heard_audio_ms
+        await second.wait_said(await second.say(speechlike_pcm16(500, 24000, seed=7), 24000))
+        assert await caller.wait_for(lambda r: r.heard_audio_ms >= heard_ms + 480, 5)
+        assert not caller.is_closed and len(evi_sim.sessions) == 2
+        await caller.hang_up()
+
+
+async def test_a_non_fatal_evi_error_leaves_the_call_up(gateway: RunningGateway, evi_sim: EviSimulator) -> None:
+    """An EVI error about one message is logged; the call goes on and audio still plays."""
+    async with TwilioCaller(caller_config(gateway)) as caller:
+        session = await connected(caller, evi_sim)
+        await session.send_error("E0101", "invalid_message", "Unexpected field.")
+        await session.wait_said(await session.say(speechlike_pcm16(400, 24000, seed=8), 24000))
+        assert await caller.wait_for(lambda r: r.heard_audio_ms >= 380, 5)
+        assert not caller.is_closed and not session.closed.is_set()
+        await caller.hang_up()
 
 
 async def test_evi_goodbye_is_heard_in_full_before_the_line_closes(

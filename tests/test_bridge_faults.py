@@ -14,6 +14,7 @@ from gateway.cli import main as cli_main
 from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.errors import DialError
 from gateway.simulator.caller import CallerConfig, SendBinary, SendText, TwilioCaller
+from gateway.simulator.caller_dial import open_stream
 from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.wavgen import speechlike_pcm16
@@ -216,8 +217,8 @@ async def test_bad_evi_frames_are_survived(gateway: RunningGateway, evi_sim: Evi
         await caller.hang_up()
 
 
-async def test_calls_over_capacity_are_refused_without_evi(evi_sim: EviSimulator) -> None:
-    """Beyond max_concurrent_calls the stream upgrade gets 503 and no EVI session is opened for it."""
+async def test_calls_over_capacity_hear_the_busy_message_without_evi(evi_sim: EviSimulator) -> None:
+    """Beyond max_concurrent_calls the webhook answers with the busy message and a hang-up (no stream, no EVI)."""
     async with (
         running_gateway(evi_sim.url, max_concurrent_calls=1) as gw,
         TwilioCaller(config(gw)) as first,
@@ -226,6 +227,24 @@ async def test_calls_over_capacity_are_refused_without_evi(evi_sim: EviSimulator
         await live_session(first, evi_sim)
         with pytest.raises(DialError) as info:
             await second.dial()
+        assert info.value.stage == "twiml"
+        assert second.record.twiml is not None
+        assert "<Say>All our agents are busy. Please call again later.</Say><Hangup />" in second.record.twiml
+        assert evi_sim.connection_attempts == 1
+        await first.hang_up()
+
+
+async def test_a_stream_over_capacity_is_still_refused_at_the_upgrade(evi_sim: EviSimulator) -> None:
+    """The WebSocket upgrade keeps its own check: a stream no webhook admitted gets 503 when the gateway is full."""
+    async with (
+        running_gateway(evi_sim.url, max_concurrent_calls=1) as gw,
+        TwilioCaller(config(gw)) as first,
+        aiohttp.ClientSession() as http,
+    ):
+        await live_session(first, evi_sim)
+        assert first.record.stream_url is not None
+        with pytest.raises(DialError) as info:
+            await open_stream(http, first.record.stream_url, auth_token=gw.auth_token, timeout_s=5)
         assert (info.value.stage, info.value.status) == ("stream", 503)
         assert evi_sim.connection_attempts == 1
         await first.hang_up()

@@ -16,7 +16,7 @@ ALLOWED = {
     "codecs": {"errors", "ids"},
     "wire": {"errors", "ids", "codecs"},
     "core": {"errors", "ids", "codecs", "wire"},
-    "adapters": {"errors", "ids", "logs", "codecs", "wire", "core", "settings"},
+    "adapters": {"errors", "ids", "logs", "codecs", "wire", "core", "settings", "numbers"},
 }
 CLOCK_CALLS = {("time", "time"), ("time", "monotonic"), ("time", "perf_counter"), ("datetime", "now")}
 

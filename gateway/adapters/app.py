@@ -15,15 +15,20 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from gateway.adapters.evi_client import EviConnector
 from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line, tick_calls
+from gateway.adapters.tool_client import ToolClient
+from gateway.adapters.twilio_rest import TwilioRest
 from gateway.core.call import Call
+from gateway.core.lines import LineDirectory, SingleLine
+from gateway.numbers import load_numbers
 from gateway.settings import Settings
 from gateway.wire.stream_token import StreamTokens
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
-from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
+from gateway.wire.twiml import busy_twiml, connect_stream_twiml, stream_url_from_public_url
 from gateway.wire.upstream import SessionStart, UpstreamCodec
 
 log = logging.getLogger("gateway.http")
@@ -41,9 +46,21 @@ class GatewayState:
     tokens: StreamTokens
     connect_upstream: Callable[[SessionStart], Awaitable[Upstream]]
     codec: UpstreamCodec
+    lines: LineDirectory = field(default_factory=SingleLine)
     active_calls: set[CallRunner] = field(default_factory=set)
+    reservations: dict[str, float] = field(default_factory=dict)
+    """Slots held for calls answered by the webhook whose stream has not arrived yet: CallSid → expiry (loop s)."""
+    tools: ToolClient | None = None
+    twilio: TwilioRest | None = None
     calls_started: int = 0
     calls_rejected: int = 0
+    calls_busy: int = 0
+
+    def slots_in_use(self, now: float) -> int:
+        """Live calls plus unexpired reservations (expired ones are dropped here)."""
+        for call_sid in [sid for sid, expiry in self.reservations.items() if expiry <= now]:
+            del self.reservations[call_sid]
+        return len(self.active_calls) + len(self.reservations)
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
@@ -54,8 +71,12 @@ def make_app(
     *,
     connect_upstream: Callable[[SessionStart], Awaitable[Upstream]] | None = None,
     codec: UpstreamCodec | None = None,
+    lines: LineDirectory | None = None,
 ) -> web.Application:
-    """Build the gateway app. ``connect_upstream``/``codec`` default to the EVI client."""
+    """Build the gateway app. ``connect_upstream``/``codec`` default to the EVI client; ``lines`` to the numbers
+    file of the settings (a bad file raises ConfigError here, before anything listens)."""
+    if lines is None:
+        lines = load_numbers(settings.numbers_file) if settings.numbers_file is not None else SingleLine()
     app = web.Application()
     connector: EviConnector | None = None
     if connect_upstream is None:
@@ -68,12 +89,14 @@ def make_app(
         tokens=StreamTokens(secrets.token_bytes(32), ttl_s=settings.stream_token_ttl_s),
         connect_upstream=connect_upstream,
         codec=codec,
+        lines=lines,
     )
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_get(MEDIA_PATH, media_stream)
     app.router.add_post(STATUS_PATH, stream_status)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(_ticker)
+    app.cleanup_ctx.append(_clients)
     app.on_shutdown.append(_close_calls)
     return app
 
@@ -85,6 +108,22 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP clients calls share: tool endpoints (one pool) and Twilio's REST API (when credentials exist)."""
+    state = app[STATE]
+    settings = state.settings
+    session = aiohttp.ClientSession()
+    secret = settings.tool_signing_secret.get_secret_value().encode() if settings.tool_signing_secret else None
+    state.tools = ToolClient(session, secret)
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        token = settings.twilio_auth_token.get_secret_value()
+        state.twilio = TwilioRest(settings.twilio_account_sid, token, settings.twilio_api_url)
+    yield
+    await session.close()
+    if state.twilio is not None:
+        await state.twilio.close()
 
 
 def _public_base(request: web.Request) -> str:
@@ -112,7 +151,19 @@ async def voice_webhook(request: web.Request) -> web.Response:
     call_sid = str(params.get("CallSid", ""))
     if not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
-    parameters = {"token": state.tokens.mint(call_sid, asyncio.get_running_loop().time())}
+    now = asyncio.get_running_loop().time()
+    if call_sid not in state.reservations and state.slots_in_use(now) >= state.settings.max_concurrent_calls:
+        # Admission happens here, before the call is answered: the caller hears why, or reaches the overflow line.
+        line = state.lines.line_for(str(params.get("To", "")) or None)
+        state.calls_busy += 1
+        log.warning(
+            "voice webhook: at capacity (%d calls), call %s gets the busy answer", len(state.active_calls), call_sid
+        )
+        return web.Response(
+            text=busy_twiml(line.busy_message, overflow_number=line.overflow_number), content_type="text/xml"
+        )
+    state.reservations[call_sid] = now + state.settings.stream_token_ttl_s
+    parameters = {"token": state.tokens.mint(call_sid, now)}
     for key, form_name in (("caller_number", "From"), ("called_number", "To")):
         if value := str(params.get(form_name, "")):
             parameters[key] = value[:64]
@@ -135,7 +186,11 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         log.warning("media stream: bad or missing x-twilio-signature from %s", request.remote)
         state.calls_rejected += 1
         raise web.HTTPForbidden(text="invalid Twilio signature")
-    if len(state.active_calls) >= settings.max_concurrent_calls:
+    now = asyncio.get_running_loop().time()
+    if state.reservations:
+        # The stream of a call the webhook admitted: it takes over the slot held for it (the one expiring first).
+        del state.reservations[min(state.reservations, key=state.reservations.__getitem__)]
+    if state.slots_in_use(now) >= settings.max_concurrent_calls:
         log.warning("media stream: at capacity (%d calls), refusing", settings.max_concurrent_calls)
         state.calls_rejected += 1
         raise web.HTTPServiceUnavailable(text="at capacity")
@@ -143,8 +198,15 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=settings.twilio_max_message_bytes)
     await ws.prepare(request)
     now = asyncio.get_running_loop().time()
-    call = Call(settings.call_params(), state.codec, state.tokens if auth_token is not None else None, now=now)
-    runner = CallRunner(call, ws, state.connect_upstream)
+    tokens = state.tokens if auth_token is not None else None
+    call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines)
+    runner = CallRunner(
+        call,
+        ws,
+        state.connect_upstream,
+        run_tool=state.tools.run if state.tools is not None else None,
+        move_call=state.twilio.transfer if state.twilio is not None else None,
+    )
     state.active_calls.add(runner)
     state.calls_started += 1
     try:

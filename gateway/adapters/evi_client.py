@@ -85,9 +85,12 @@ class EviConnector:
         access_token = await self._access_token() if s.hume_secret_key and api_key else None
         url, headers = connect_request(
             s.evi_url,
-            config_id=s.hume_config_id,
+            config_id=session.config_id or s.hume_config_id,
             api_key=None if access_token else api_key,
             access_token=access_token,
+            resumed_chat_group_id=session.resume_group_id,
+            # docs/evi-protocol.md §5: interim user_messages let a caller cut off audio EVI already finished.
+            verbose_transcription=True,
         )
         try:
             ws = await connect(
@@ -122,16 +125,32 @@ class EviConnector:
             auth = aiohttp.BasicAuth(s.hume_api_key.get_secret_value(), s.hume_secret_key.get_secret_value())
             http = self._http or aiohttp.ClientSession()
             try:
-                async with http.post(token_url, data={"grant_type": "client_credentials"}, auth=auth) as resp:
+                timeout = aiohttp.ClientTimeout(total=s.evi_connect_timeout_s)
+                form = {"grant_type": "client_credentials"}
+                async with http.post(token_url, data=form, auth=auth, timeout=timeout) as resp:
                     if resp.status != 200:
                         raise UpstreamConnectError(f"EVI access token request failed: HTTP {resp.status}")
-                    body = await resp.json()
-            except aiohttp.ClientError as exc:
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamConnectError(f"EVI access token request failed: {type(exc).__name__}") from None
+            except ValueError:
+                raise UpstreamConnectError("EVI access token answer is not JSON") from None
             finally:
                 if self._http is None:
                     await http.close()
-            token = str(body["access_token"])
-            expires_in_s = float(body.get("expires_in", 1800))
+            token, expires_in_s = _token_fields(body)
             self._token = (token, now + max(0.0, expires_in_s - TOKEN_REFRESH_MARGIN_S))
             return token
+
+
+def _token_fields(body: object) -> tuple[str, float]:
+    """``access_token`` and ``expires_in`` of a token answer; a malformed one is a clear connect error."""
+    if not isinstance(body, dict):
+        raise UpstreamConnectError("EVI access token answer is not a JSON object")
+    token = body.get("access_token")
+    expires_in = body.get("expires_in", 1800)
+    if not isinstance(token, str) or not token:
+        raise UpstreamConnectError("EVI access token answer has no access_token")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        raise UpstreamConnectError(f"EVI access token answer has an unusable expires_in: {expires_in!r}")
+    return token, float(expires_in)

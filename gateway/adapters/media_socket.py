@@ -12,16 +12,27 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from gateway.adapters.ticker import ticks
 from gateway.codecs.framing import FRAME_MS
-from gateway.core.actions import Action, CloseTwilio, CloseUpstream, OpenUpstream, SendTwilio, SendUpstream
+from gateway.core.actions import (
+    Action,
+    CloseTwilio,
+    CloseUpstream,
+    OpenUpstream,
+    RunTool,
+    SendTwilio,
+    SendUpstream,
+    TransferCall,
+)
 from gateway.core.call import Call
 from gateway.core.states import CallState
+from gateway.core.tools import ToolOutcome
+from gateway.errors import TwilioRestError
 from gateway.wire.upstream import SessionStart
 
 log = logging.getLogger("gateway.call")
@@ -47,16 +58,30 @@ class Upstream(Protocol):
 
 
 ConnectUpstream = Callable[[SessionStart], Awaitable[Upstream]]
+RunToolCall = Callable[[RunTool], Awaitable[ToolOutcome]]
+MoveCall = Callable[[str, str], Awaitable[None]]
+"""``(call_sid, target)``: move a live call with a REST update; raises TwilioRestError on failure."""
 _CLOSE = object()
 
 
 class CallRunner:
     """Drives one :class:`Call` over real sockets."""
 
-    def __init__(self, call: Call, ws: web.WebSocketResponse, connect_upstream: ConnectUpstream) -> None:
+    def __init__(
+        self,
+        call: Call,
+        ws: web.WebSocketResponse,
+        connect_upstream: ConnectUpstream,
+        *,
+        run_tool: RunToolCall | None = None,
+        move_call: MoveCall | None = None,
+    ) -> None:
         self.call = call
         self._ws = ws
         self._connect_upstream = connect_upstream
+        self._run_tool = run_tool
+        self._move_call = move_call
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._twilio_out: asyncio.Queue[object] = asyncio.Queue()
         self._upstream_out: asyncio.Queue[object] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
@@ -81,8 +106,8 @@ class CallRunner:
             # Let the writers deliver what the core queued (final media, close frames), then stop all.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE_S)
-            for task in (reader, writer):
-                task.cancel()
+            for task in (reader, writer, *self._side_tasks):
+                task.cancel()  # a tool request or a REST call still running ends with the call
             if self._upstream_task is not None and not self._upstream_task.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._upstream_task), CLOSE_GRACE_S)
@@ -107,8 +132,33 @@ class CallRunner:
                     self._close_upstream()
                 case CloseTwilio():
                     self._twilio_out.put_nowait(action)
+                case RunTool():
+                    self._side_task(self._tool(action), f"tool-{action.endpoint.name}")
+                case TransferCall():
+                    self._side_task(self._transfer(action), "transfer")
         if self.call.state is CallState.CLOSED:
             self._closed.set()
+
+    def _side_task(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(work, name=name)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _tool(self, action: RunTool) -> None:
+        if self._run_tool is None:
+            outcome = ToolOutcome.failure("no_tool_client", "this gateway runs no tools", "That tool is not available.")
+        else:
+            outcome = await self._run_tool(action)
+        self.execute(self.call.tool_finished(action.tool_call_id, outcome, self.now()))
+
+    async def _transfer(self, action: TransferCall) -> None:
+        try:
+            if self._move_call is None:
+                raise TwilioRestError("no Twilio REST credentials configured")
+            await self._move_call(action.call_sid, action.target)
+        except TwilioRestError as exc:
+            self.execute(self.call.transfer_failed(self.now(), str(exc)))
 
     def _send_upstream(self, text: str) -> None:
         try:
@@ -188,6 +238,9 @@ class CallRunner:
             log.info("E< connection lost: %s", exc)
         finally:
             writer.cancel()
+            self._upstream = None
+            while not self._upstream_out.empty():  # frames for this socket must not reach a resumed one
+                self._upstream_out.get_nowait()
             with contextlib.suppress(Exception):
                 await upstream.close()
         self.execute(self.call.upstream_closed(self.now(), upstream.close_code, upstream.close_reason))

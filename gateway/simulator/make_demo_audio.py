@@ -1,4 +1,5 @@
-"""(Re)creates the bundled demo recordings in ``gateway/simulator/data/`` with eSpeak NG.
+"""(Re)creates the bundled recordings with eSpeak NG: the demo caller in ``gateway/simulator/data/`` and the
+gateway's own prompts in ``gateway/data/prompts/``.
 
 Owns the demo caller's script (:data:`DEMO_CALLER_LINES`): one 8 kHz 16-bit mono WAV per line under
 ``data/demo_caller/`` plus ``lines.txt`` (``filename<TAB>text`` per line). The caller speaks with
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from gateway.codecs.framing import TWILIO_RATE_HZ
+from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.simulator.voice import CALLER_RATE_WPM, CALLER_VOICE, EspeakSynthesizer
 from gateway.simulator.wavgen import wav_bytes
 
@@ -34,6 +36,18 @@ DEMO_CALLER_LINES: tuple[tuple[str, str], ...] = (
 """The demo caller's lines in order: (file name, text)."""
 
 LINES_FILE = "lines.txt"
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
+PROMPTS: tuple[tuple[str, str], ...] = (
+    ("apology.ulaw", "Sorry, we are having technical trouble. Please call again later."),
+)
+"""What the gateway itself says to a caller, as raw 8 kHz μ-law: (file name, text)."""
+
+
+def render_prompts() -> dict[str, bytes]:
+    """Every gateway prompt by file name, as 8 kHz μ-law bytes (the agent's voice)."""
+    synthesizer = EspeakSynthesizer()
+    return {name: pcm16_to_ulaw(synthesizer.synthesize(text, TWILIO_RATE_HZ)) for name, text in PROMPTS}
 
 
 def render_demo_caller() -> dict[str, bytes]:
@@ -54,19 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="verify the files are up to date, write nothing")
     args = parser.parse_args(argv)
     out: Path = args.out
-    files = render_demo_caller()
+    targets = {out / name: data for name, data in render_demo_caller().items()}
+    targets.update({PROMPTS_DIR / name: data for name, data in render_prompts().items()})
     if args.check:
-        stale = [
-            name for name, data in files.items() if not (out / name).is_file() or (out / name).read_bytes() != data
-        ]
-        for name in stale:
-            print(f"stale or missing: {out / name}", file=sys.stderr)
+        stale = [path for path, data in targets.items() if not path.is_file() or path.read_bytes() != data]
+        for path in stale:
+            print(f"stale or missing: {path}", file=sys.stderr)
         return 1 if stale else 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-    total = sum(len(data) for data in files.values())
-    print(f"wrote {len(files)} files ({total / 1024:.0f} KiB) to {out}")
+    for path, data in targets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    total = sum(len(data) for data in targets.values())
+    print(f"wrote {len(targets)} files ({total / 1024:.0f} KiB) to {out} and {PROMPTS_DIR}")
     return 0
 
 

@@ -14,7 +14,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway.errors import ConfigError
 
-__all__ = ["MAX_PARAMETER_CHARS", "connect_stream_twiml", "stream_url_from_public_url"]
+__all__ = ["MAX_PARAMETER_CHARS", "busy_twiml", "connect_stream_twiml", "dial_twiml", "stream_url_from_public_url"]
 
 # §3.1: each <Parameter>'s name plus value must be under 500 characters.
 MAX_PARAMETER_CHARS = 500
@@ -109,3 +109,29 @@ def stream_url_from_public_url(public_url: str, path: str = "/twilio/media") -> 
     url = urlunsplit((scheme, parts.netloc, joined, "", ""))
     _check_stream_url(url)
     return url
+
+
+def dial_twiml(target: str, *, caller_id: str | None = None) -> str:
+    """``<Dial>`` to an E.164 number or a ``sip:`` URI: the TwiML a transfer moves the live call to.
+
+    docs/twilio-media-streams.md "REST call update": updating a call with new TwiML ends its ``<Connect>``
+    (Twilio sends ``stop`` on the stream) and runs the new document.
+    """
+    response = VoiceResponse()
+    dial = response.dial(caller_id=caller_id) if caller_id else response.dial()
+    if target.startswith("sip:"):
+        dial.sip(target)
+    else:
+        dial.number(target)
+    return str(response)
+
+
+def busy_twiml(message: str, *, overflow_number: str = "") -> str:
+    """The answer to a call the gateway has no room for: dial the overflow number if set, else say why and
+    hang up — never a silent line."""
+    if overflow_number:
+        return dial_twiml(overflow_number)
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
