@@ -8,6 +8,7 @@ or, with ``HUME_SECRET_KEY`` set, a short-lived access token fetched with the cl
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -122,12 +123,13 @@ class EviConnector:
             parts = urlsplit(s.evi_url)
             scheme = "https" if parts.scheme == "wss" else "http"
             token_url = urlunsplit((scheme, parts.netloc, "/oauth2-cc/token", "", ""))
-            auth = aiohttp.BasicAuth(s.hume_api_key.get_secret_value(), s.hume_secret_key.get_secret_value())
+            credentials = f"{s.hume_api_key.get_secret_value()}:{s.hume_secret_key.get_secret_value()}"
+            auth = {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode("ascii")}
             http = self._http or aiohttp.ClientSession()
             try:
                 timeout = aiohttp.ClientTimeout(total=s.evi_connect_timeout_s)
                 form = {"grant_type": "client_credentials"}
-                async with http.post(token_url, data=form, auth=auth, timeout=timeout) as resp:
+                async with http.post(token_url, data=form, headers=auth, timeout=timeout) as resp:
                     if resp.status != 200:
                         raise UpstreamConnectError(f"EVI access token request failed: HTTP {resp.status}")
                     body = await resp.json(content_type=None)

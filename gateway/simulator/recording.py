@@ -183,6 +183,8 @@ class CallRecord:
     stream_attributes: dict[str, str] = field(default_factory=dict)
     stream_url: str | None = None
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    redirect_twiml: str | None = None
+    """TwiML a REST update moved the call to (the fake REST endpoint sets it; the stream then ends)."""
     sent_events: list[str] = field(default_factory=list)
     sent_ulaw: bytearray = field(default_factory=bytearray)
     heard_ulaw: bytearray = field(default_factory=bytearray)
