@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,10 +26,7 @@ import numpy as np
 import soxr
 
 from gateway.codecs import FRAME_MS, TWILIO_RATE_HZ, InboundTranscoder, OutboundTranscoder
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+from gateway.codecs.g711 import audioop
 
 __all__ = ["BenchRow", "main", "run", "speech_like_pcm16"]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs.g711 import ULAW_SILENCE_BYTE, pcm16_to_ulaw, ulaw_silence, ulaw_to_pcm16
+from gateway.codecs.g711 import ULAW_SILENCE_BYTE, pcm16_to_ulaw, require_pcm16, ulaw_silence, ulaw_to_pcm16
 from gateway.errors import AudioFormatError
 
 ALL_CODES = bytes(range(256))
@@ -120,6 +120,16 @@ class TestBadInput:
         """Encoding an odd number of linear16 bytes raises AudioFormatError naming the byte count."""
         with pytest.raises(AudioFormatError, match=f"even byte count, got {n_bytes} bytes"):
             pcm16_to_ulaw(bytes(n_bytes))
+
+    @pytest.mark.parametrize(
+        ("n_bytes", "channels", "message"),
+        [(3, 1, "even byte count, got 3 bytes"), (6, 2, "6 bytes is not a whole number of 2-channel 16-bit frames")],
+    )
+    def test_partial_samples_or_frames_are_refused(self, n_bytes: int, channels: int, message: str) -> None:
+        """require_pcm16 refuses bytes that are not whole samples (mono) or whole frames, and passes whole ones."""
+        with pytest.raises(AudioFormatError, match=message):
+            require_pcm16(bytes(n_bytes), channels)
+        require_pcm16(bytes(4 * channels), channels)  # whole frames pass
 
     def test_empty_payloads(self) -> None:
         """Empty input gives empty output both ways."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import soxr
@@ -12,11 +10,8 @@ from hypothesis import strategies as st
 
 from gateway.bench import speech_like_pcm16
 from gateway.codecs import InboundTranscoder, OutboundTranscoder
+from gateway.codecs.g711 import audioop
 from gateway.errors import AudioFormatError
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 CHUNK_SAMPLES = (160, 320, 333, 4800)
 OUTBOUND_RATES_HZ = (16000, 22050, 24000, 44100, 48000)

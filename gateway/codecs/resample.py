@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 import soxr
 
-from gateway.errors import AudioFormatError
+from gateway.codecs.g711 import require_pcm16
 
 Quality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
 _INT16_SCALE = 32768.0
@@ -26,8 +26,7 @@ _INT16_SCALE = 32768.0
 
 def pcm16_to_float(pcm16: bytes) -> np.ndarray:
     """16-bit little-endian PCM bytes → float32 samples in [-1, 1)."""
-    if len(pcm16) % 2:
-        raise AudioFormatError(f"linear16 needs an even byte count, got {len(pcm16)} bytes")
+    require_pcm16(pcm16)
     return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / np.float32(_INT16_SCALE)
 
 
@@ -43,8 +42,7 @@ _I16 = np.dtype("<i2")
 
 
 def _pcm16_to_units(pcm16: bytes) -> np.ndarray:
-    if len(pcm16) % 2:
-        raise AudioFormatError(f"linear16 needs an even byte count, got {len(pcm16)} bytes")
+    require_pcm16(pcm16)
     return np.frombuffer(pcm16, dtype=_I16).astype(np.float32)
 
 
@@ -166,8 +164,7 @@ class FirUpsampler(_Counted):
 
     def process(self, pcm16: bytes) -> bytes:
         """Up-sample a chunk; output trails input by the filter delay until :meth:`flush`."""
-        if len(pcm16) % 2:
-            raise AudioFormatError(f"linear16 needs an even byte count, got {len(pcm16)} bytes")
+        require_pcm16(pcm16)
         n_in = len(pcm16) // 2
         if not n_in:
             return b""
@@ -210,8 +207,7 @@ class Passthrough(_Counted):
 
     def process(self, pcm16: bytes) -> bytes:
         """Return the chunk unchanged (validated as linear16)."""
-        if len(pcm16) % 2:
-            raise AudioFormatError(f"linear16 needs an even byte count, got {len(pcm16)} bytes")
+        require_pcm16(pcm16)
         return pcm16
 
     def flush(self) -> bytes:

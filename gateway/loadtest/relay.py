@@ -34,7 +34,6 @@ import socket
 import struct
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -45,13 +44,10 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.codecs.framing import TWILIO_RATE_HZ
+from gateway.codecs.g711 import audioop
 from gateway.wire import evi_messages as evi
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
 from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
 
 __all__ = [
     "AUDIO_INPUT_PREFIX",

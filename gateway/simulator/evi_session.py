@@ -41,6 +41,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
+from gateway.codecs.g711 import require_pcm16
 from gateway.errors import AudioFormatError, SessionClosedError, UpstreamProtocolError
 from gateway.ids import ResponseId
 from gateway.simulator.wavgen import wav_bytes
@@ -482,8 +483,7 @@ class EviSession:
         rate = self._host.output_rate_hz if rate_hz is None else rate_hz
         if rate <= 0 or channels <= 0:
             raise AudioFormatError(f"say() needs a positive rate and channel count, got {rate} Hz, {channels} ch")
-        if len(pcm16) % (2 * channels):
-            raise AudioFormatError(f"say() PCM is {len(pcm16)} bytes, not whole {channels}-channel 16-bit frames")
+        require_pcm16(pcm16, channels)
         if stall_after_chunks is not None and stall_after_chunks < 0:
             raise ValueError(f"stall_after_chunks must be >= 0, got {stall_after_chunks}")
         step = self._chunk_bytes(rate, channels)
