@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs.wav import WavAudio, read_wav, write_wav
+from gateway.codecs.wav import (
+    WAVE_FORMAT_MULAW,
+    WAVE_FORMAT_PCM,
+    WavAudio,
+    parse_riff,
+    read_wav,
+    riff_wave,
+    write_wav,
+)
 from gateway.errors import AudioFormatError
 
 PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_PCM
@@ -164,6 +172,16 @@ class TestWriter:
         """Writing with a channel count or rate the reader would refuse raises AudioFormatError."""
         with pytest.raises(AudioFormatError, match=message):
             write_wav(b"", rate_hz, channels)
+
+    def test_ulaw_gets_the_fact_chunk_and_reads_back(self) -> None:
+        """riff_wave writes 8-bit μ-law (tag 7) with an 18-byte fmt and a fact chunk; an odd data chunk is padded."""
+        ulaw = bytes(range(255))
+        data = riff_wave(ulaw, rate_hz=8000, bits=8, format_tag=WAVE_FORMAT_MULAW)
+        assert struct.unpack_from("<I", data, 16) == (18,)
+        assert b"fact" + struct.pack("<II", 4, len(ulaw)) in data
+        assert len(data) % 2 == 0
+        wave_file = parse_riff(data, frozenset({WAVE_FORMAT_PCM, WAVE_FORMAT_MULAW}))
+        assert (wave_file.format_tag, wave_file.bits, wave_file.data) == (WAVE_FORMAT_MULAW, 8, ulaw)
 
     def test_partial_frame_is_rejected(self) -> None:
         """Writing bytes that are not whole frames raises AudioFormatError."""

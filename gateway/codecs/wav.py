@@ -1,9 +1,11 @@
-"""Reader (and writer) for the WAV files EVI sends in each ``audio_output``.
+"""Reader for the WAV files EVI sends in each ``audio_output``, and the package's one WAV writer.
 
 evi-protocol.md §4.2: every ``audio_output.data`` is a complete WAV file (RIFF header + 16-bit PCM); the
 sample rate is documented as 48 kHz but 24 kHz is observed, so the rate and channel count always come from
 the header. Chunks are walked properly (no fixed 44-byte slice), so extra RIFF chunks (LIST, fact, …) are
 skipped. Anything but 16-bit PCM is an :class:`AudioFormatError` with a message saying what was found.
+Every WAV the package writes (the simulator's ``audio_output``, call recordings, test files) is built by
+:func:`riff_wave`.
 """
 
 from __future__ import annotations
@@ -144,15 +146,40 @@ def to_mono(pcm: bytes, channels: int, stereo: StereoMode = "mix") -> bytes:
     return bytes(mixed.astype("<i2").tobytes())
 
 
-def write_wav(pcm16: bytes, rate_hz: int, channels: int = 1, extra_chunks: bytes = b"") -> bytes:
-    """Build a complete WAV file around 16-bit PCM (``extra_chunks`` go between 'fmt ' and 'data')."""
+def riff_chunk(chunk_id: bytes, body: bytes) -> bytes:
+    """One RIFF chunk: its four-byte id, little-endian size and body, padded to a whole word."""
+    return chunk_id + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+
+
+def riff_wave(
+    data: bytes,
+    *,
+    rate_hz: int,
+    channels: int = 1,
+    bits: int = 16,
+    format_tag: int = WAVE_FORMAT_PCM,
+    extra_chunks: bytes = b"",
+) -> bytes:
+    """A complete RIFF/WAVE file around ``data`` (samples already in ``format_tag``'s coding).
+
+    A format other than PCM gets the 18-byte ``fmt `` and the ``fact`` chunk (samples per channel) the
+    format requires; ``extra_chunks`` (whole chunks, see :func:`riff_chunk`) go just before ``data``.
+    """
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioFormatError(f"cannot write a WAV with {channels} channels (1-{MAX_CHANNELS})")
     if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
         raise AudioFormatError(f"cannot write a WAV at {rate_hz} Hz ({MIN_RATE_HZ}-{MAX_RATE_HZ} Hz)")
-    if len(pcm16) % (2 * channels):
-        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel 16-bit frames")
-    fmt = struct.pack("<HHIIHH", WAVE_FORMAT_PCM, channels, rate_hz, rate_hz * 2 * channels, 2 * channels, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunks
-    body += b"data" + struct.pack("<I", len(pcm16)) + pcm16 + (b"\x00" if len(pcm16) & 1 else b"")
+    block_align = channels * bits // 8
+    if len(data) % block_align:
+        raise AudioFormatError(f"{len(data)} bytes is not a whole number of {channels}-channel {bits}-bit frames")
+    fmt = struct.pack("<HHIIHH", format_tag, channels, rate_hz, rate_hz * block_align, block_align, bits)
+    if format_tag != WAVE_FORMAT_PCM:
+        fmt += struct.pack("<H", 0)  # cbSize: no extension
+        extra_chunks = riff_chunk(b"fact", struct.pack("<I", len(data) // block_align)) + extra_chunks
+    body = b"WAVE" + riff_chunk(b"fmt ", fmt) + extra_chunks + riff_chunk(b"data", data)
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def write_wav(pcm16: bytes, rate_hz: int, channels: int = 1, extra_chunks: bytes = b"") -> bytes:
+    """Build a complete WAV file around 16-bit PCM (``extra_chunks`` go between 'fmt ' and 'data')."""
+    return riff_wave(pcm16, rate_hz=rate_hz, channels=channels, extra_chunks=extra_chunks)

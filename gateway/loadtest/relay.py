@@ -45,6 +45,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.codecs.framing import TWILIO_RATE_HZ
 from gateway.codecs.g711 import audioop
+from gateway.codecs.wav import write_wav
 from gateway.wire import evi_messages as evi
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
 from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
@@ -191,10 +192,9 @@ class SinkStats:
 def _reply_messages(rate_hz: int, chunk_ms: int) -> tuple[str, bytes, bytes]:
     """(assistant_message template with ``{rid}``, audio_output data tail, assistant_end) for replies."""
     from gateway.bench import speech_like_pcm16
-    from gateway.simulator.wavgen import wav_bytes
 
     pcm = speech_like_pcm16(chunk_ms / 1000, rate_hz, seed=7)
-    data = binascii.b2a_base64(wav_bytes(pcm, rate_hz), newline=False).decode("ascii")
+    data = binascii.b2a_base64(write_wav(pcm, rate_hz), newline=False).decode("ascii")
     message = evi.AssistantMessage(
         id="RID",
         message=evi.ChatMessage(role="assistant", content="Capacity reply."),

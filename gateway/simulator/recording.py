@@ -10,10 +10,7 @@ agent was heard speaking, found from the heard audio as it plays), and writing h
 
 from __future__ import annotations
 
-import io
 import math
-import struct
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -25,7 +22,8 @@ from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_BYTES_PER_MS
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.codecs.levels import loud_ulaw_samples
 from gateway.codecs.resample import float_to_pcm16, pcm16_to_float
-from gateway.codecs.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, parse_riff, to_mono
+from gateway.codecs.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, parse_riff, riff_wave, to_mono
+from gateway.codecs.wav import write_wav as pcm16_wav
 from gateway.errors import AudioFormatError
 from gateway.simulator.twilio_playback import MarkEcho, PlayoutGap
 
@@ -106,13 +104,7 @@ def wav_to_ulaw(data: bytes, *, stereo: StereoMode = "mix") -> bytes:
 
 def write_wav(path: str | Path, pcm16: bytes, rate_hz: int, channels: int = 1) -> None:
     """Write 16-bit little-endian PCM to ``path`` as a WAV file."""
-    if len(pcm16) % (2 * channels):
-        raise AudioFormatError(f"{len(pcm16)} bytes is not a whole number of {channels}-channel frames")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate_hz)
-        w.writeframes(pcm16)
+    Path(path).write_bytes(pcm16_wav(pcm16, rate_hz, channels))
 
 
 def write_stereo_wav(path: str | Path, left_ulaw: bytes, right_ulaw: bytes) -> None:
@@ -127,18 +119,8 @@ def write_stereo_wav(path: str | Path, left_ulaw: bytes, right_ulaw: bytes) -> N
 def ulaw_to_wav_bytes(ulaw: bytes, *, keep_ulaw: bool = False) -> bytes:
     """8 kHz μ-law → a WAV file in memory: 16-bit PCM (plays anywhere), or μ-law samples (tag 7, lossless)."""
     if keep_ulaw:
-        fmt = struct.pack("<HHIIHHH", WAVE_FORMAT_MULAW, 1, TWILIO_RATE_HZ, TWILIO_RATE_HZ, 1, 8, 0)
-        fact = b"fact" + struct.pack("<II", 4, len(ulaw))
-        body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + fact
-        body += b"data" + struct.pack("<I", len(ulaw)) + ulaw + (b"\x00" if len(ulaw) & 1 else b"")
-        return b"RIFF" + struct.pack("<I", len(body)) + body
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(TWILIO_RATE_HZ)
-        w.writeframes(ulaw_to_pcm16(ulaw))
-    return buf.getvalue()
+        return riff_wave(ulaw, rate_hz=TWILIO_RATE_HZ, bits=8, format_tag=WAVE_FORMAT_MULAW)
+    return pcm16_wav(ulaw_to_pcm16(ulaw), TWILIO_RATE_HZ)
 
 
 def write_ulaw_wav(path: str | Path, ulaw: bytes, *, keep_ulaw: bool = False) -> None:

@@ -3,56 +3,27 @@
 evi-protocol.md §4.2: every ``audio_output.data`` is a complete RIFF/WAVE file of 16-bit PCM whose rate
 (48 kHz documented, 24 kHz observed) must be read from the header. :func:`wav_bytes` writes such files; with
 ``extra_chunks=True`` a ``LIST`` chunk sits between ``fmt `` and ``data`` so a reader that slices a fixed
-44-byte header fails visibly. The writer is independent of ``gateway.codecs.wav`` on purpose, so the two can
-check each other.
+44-byte header fails visibly. The bytes come from :func:`gateway.codecs.wav.riff_wave`, the package's one WAV
+writer; the tests check it against the stdlib ``wave`` module and the SDK's reader.
 """
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 
+from gateway.codecs.wav import riff_chunk, write_wav
 from gateway.errors import AudioFormatError
 
 __all__ = ["speechlike_pcm16", "tone_pcm16", "wav_bytes"]
 
-_WAVE_FORMAT_PCM = 1
-_BITS_PER_SAMPLE = 16
-_MAX_CHANNELS = 8
 _SPEECH_LOW_HZ = 300.0
 _SPEECH_HIGH_HZ = 3400.0
-
-
-def _chunk(chunk_id: bytes, body: bytes) -> bytes:
-    pad = b"\x00" if len(body) & 1 else b""  # RIFF chunks are word-aligned
-    return chunk_id + struct.pack("<I", len(body)) + body + pad
-
-
-def _list_info_chunk() -> bytes:
-    software = b"gateway EVI simulator\x00"
-    return _chunk(b"LIST", b"INFO" + _chunk(b"ISFT", software))
+_LIST_INFO = riff_chunk(b"LIST", b"INFO" + riff_chunk(b"ISFT", b"gateway EVI simulator\x00"))
 
 
 def wav_bytes(pcm16: bytes, rate_hz: int, channels: int = 1, extra_chunks: bool = False) -> bytes:
     """Wrap 16-bit little-endian PCM in a complete RIFF/WAVE file; ``extra_chunks`` adds a LIST chunk."""
-    if rate_hz <= 0:
-        raise AudioFormatError(f"WAV sample rate must be positive, got {rate_hz} Hz")
-    if not 1 <= channels <= _MAX_CHANNELS:
-        raise AudioFormatError(f"WAV channel count must be 1-{_MAX_CHANNELS}, got {channels}")
-    block_align = channels * _BITS_PER_SAMPLE // 8
-    if len(pcm16) % block_align:
-        raise AudioFormatError(
-            f"PCM is {len(pcm16)} bytes, not a whole number of {block_align}-byte frames ({channels} ch)"
-        )
-    fmt = struct.pack(
-        "<HHIIHH", _WAVE_FORMAT_PCM, channels, rate_hz, rate_hz * block_align, block_align, _BITS_PER_SAMPLE
-    )
-    body = b"WAVE" + _chunk(b"fmt ", fmt)
-    if extra_chunks:
-        body += _list_info_chunk()
-    body += _chunk(b"data", pcm16)
-    return b"RIFF" + struct.pack("<I", len(body)) + body
+    return write_wav(pcm16, rate_hz, channels, _LIST_INFO if extra_chunks else b"")
 
 
 def _n_samples(duration_ms: float, rate_hz: int) -> int:
