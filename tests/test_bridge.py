@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soxr
 
+from gateway.codecs.framing import FRAME_MS
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.evi import EviSession, EviSimulator
@@ -16,7 +17,6 @@ from gateway.simulator.harness import RunningGateway
 from gateway.simulator.wavgen import speechlike_pcm16
 
 MIN_SNR_DB = 30.0  # μ-law alone limits speech to ~38 dB (docs/audio-path.md "Quality"); 30 leaves room for alignment
-FRAME_MS = 20
 
 
 def caller_config(gw: RunningGateway, audio_ms: int = 1000, **kw: Any) -> CallerConfig:

@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.codecs.framing import ULAW_FRAME_BYTES
 from gateway.core.inbound import InboundParams, InboundStream, InboundVerdict, PreRoll
 from gateway.errors import CallStateError, ConfigError
-
-FRAME = 160  # 20 ms of 8 kHz μ-law
 
 
 def feed(stream: InboundStream, frames: list[tuple[int, int, int]]) -> list[InboundVerdict]:
@@ -17,13 +16,13 @@ def feed(stream: InboundStream, frames: list[tuple[int, int, int]]) -> list[Inbo
 
 
 def regular(n_frames: int, start_ms: int = 0) -> list[tuple[int, int, int]]:
-    return [(start_ms + 20 * i, i + 1, FRAME) for i in range(n_frames)]
+    return [(start_ms + 20 * i, i + 1, ULAW_FRAME_BYTES) for i in range(n_frames)]
 
 
 def test_first_frame_is_forwarded_without_fill() -> None:
     """The first frame is forwarded as is, whatever its timestamp."""
     stream = InboundStream()
-    assert stream.accept(5000, 7, FRAME) == InboundVerdict("forward", 0, "first")
+    assert stream.accept(5000, 7, ULAW_FRAME_BYTES) == InboundVerdict("forward", 0, "first")
     assert stream.statistics().last_timestamp_ms == 5000
 
 
@@ -39,8 +38,8 @@ def test_continuous_frames_are_forwarded_without_fill() -> None:
 def test_gap_is_filled_exactly() -> None:
     """A frame arriving 60 ms after the expected position asks for exactly 60 ms of silence."""
     stream = InboundStream()
-    feed(stream, [(0, 1, FRAME), (20, 2, FRAME)])
-    verdict = stream.accept(100, 3, FRAME)
+    feed(stream, [(0, 1, ULAW_FRAME_BYTES), (20, 2, ULAW_FRAME_BYTES)])
+    verdict = stream.accept(100, 3, ULAW_FRAME_BYTES)
     assert verdict == InboundVerdict("forward", 60, "gap")
     stats = stream.statistics()
     assert (stats.gaps, stats.gap_ms_filled, stats.gap_ms_unfilled) == (1, 60, 0)
@@ -50,8 +49,8 @@ def test_gap_is_filled_exactly() -> None:
 def test_gap_fill_is_capped_and_the_excess_counted() -> None:
     """A gap longer than max_gap_fill_ms is filled up to the cap and the rest is counted as unfilled."""
     stream = InboundStream(InboundParams(max_gap_fill_ms=1000))
-    stream.accept(0, 1, FRAME)
-    verdict = stream.accept(1520, 2, FRAME)
+    stream.accept(0, 1, ULAW_FRAME_BYTES)
+    verdict = stream.accept(1520, 2, ULAW_FRAME_BYTES)
     assert verdict == InboundVerdict("forward", 1000, "gap")
     stats = stream.statistics()
     assert (stats.gap_ms_filled, stats.gap_ms_unfilled) == (1000, 500)
@@ -60,62 +59,62 @@ def test_gap_fill_is_capped_and_the_excess_counted() -> None:
 def test_zero_cap_disables_fill_but_counts_the_gap() -> None:
     """With max_gap_fill_ms=0 a gap is forwarded without fill and all of it counted as unfilled."""
     stream = InboundStream(InboundParams(max_gap_fill_ms=0))
-    stream.accept(0, 1, FRAME)
-    assert stream.accept(100, 2, FRAME) == InboundVerdict("forward", 0, "gap")
+    stream.accept(0, 1, ULAW_FRAME_BYTES)
+    assert stream.accept(100, 2, ULAW_FRAME_BYTES) == InboundVerdict("forward", 0, "gap")
     assert stream.statistics().gap_ms_unfilled == 80
 
 
 def test_repeated_timestamp_is_a_duplicate() -> None:
     """A frame with the previous frame's timestamp is dropped as a duplicate."""
     stream = InboundStream()
-    feed(stream, [(0, 1, FRAME), (20, 2, FRAME)])
-    assert stream.accept(20, 3, FRAME) == InboundVerdict("drop", 0, "duplicate")
+    feed(stream, [(0, 1, ULAW_FRAME_BYTES), (20, 2, ULAW_FRAME_BYTES)])
+    assert stream.accept(20, 3, ULAW_FRAME_BYTES) == InboundVerdict("drop", 0, "duplicate")
     assert stream.statistics().frames_dropped_duplicate == 1
 
 
 def test_repeated_chunk_is_a_duplicate() -> None:
     """A frame with the previous frame's chunk number is dropped as a duplicate."""
     stream = InboundStream()
-    feed(stream, [(0, 1, FRAME), (20, 2, FRAME)])
-    assert stream.accept(40, 2, FRAME) == InboundVerdict("drop", 0, "duplicate")
-    assert stream.accept(40, 3, FRAME) == InboundVerdict("forward", 0, "continuous")
+    feed(stream, [(0, 1, ULAW_FRAME_BYTES), (20, 2, ULAW_FRAME_BYTES)])
+    assert stream.accept(40, 2, ULAW_FRAME_BYTES) == InboundVerdict("drop", 0, "duplicate")
+    assert stream.accept(40, 3, ULAW_FRAME_BYTES) == InboundVerdict("forward", 0, "continuous")
 
 
 def test_frame_from_the_past_is_stale() -> None:
     """A frame earlier than the expected position by more than the tolerance is dropped as stale."""
     stream = InboundStream()
     feed(stream, regular(5))
-    assert stream.accept(40, 9, FRAME) == InboundVerdict("drop", 0, "stale")
+    assert stream.accept(40, 9, ULAW_FRAME_BYTES) == InboundVerdict("drop", 0, "stale")
     stats = stream.statistics()
     assert (stats.frames_dropped_stale, stats.last_timestamp_ms) == (1, 80)
-    assert stream.accept(100, 10, FRAME).action == "forward"
+    assert stream.accept(100, 10, ULAW_FRAME_BYTES).action == "forward"
 
 
 @pytest.mark.parametrize("offset_ms", [-10, -5, 5, 10])
 def test_jitter_within_tolerance_is_forwarded_without_fill(offset_ms: int) -> None:
     """A timestamp within tolerance_ms of the expected position is forwarded with no fill."""
     stream = InboundStream(InboundParams(tolerance_ms=10))
-    stream.accept(1000, 1, FRAME)
-    assert stream.accept(1020 + offset_ms, 2, FRAME) == InboundVerdict("forward", 0, "continuous")
+    stream.accept(1000, 1, ULAW_FRAME_BYTES)
+    assert stream.accept(1020 + offset_ms, 2, ULAW_FRAME_BYTES) == InboundVerdict("forward", 0, "continuous")
     assert stream.statistics().gaps == 0
 
 
 def test_just_beyond_tolerance_is_a_gap_or_stale() -> None:
     """One ms past the tolerance either side is a gap (filled in full) or a stale frame."""
     ahead = InboundStream(InboundParams(tolerance_ms=10))
-    ahead.accept(0, 1, FRAME)
-    assert ahead.accept(31, 2, FRAME) == InboundVerdict("forward", 11, "gap")
+    ahead.accept(0, 1, ULAW_FRAME_BYTES)
+    assert ahead.accept(31, 2, ULAW_FRAME_BYTES) == InboundVerdict("forward", 11, "gap")
     behind = InboundStream(InboundParams(tolerance_ms=10))
-    behind.accept(100, 1, FRAME)
-    assert behind.accept(109, 2, FRAME) == InboundVerdict("drop", 0, "stale")
+    behind.accept(100, 1, ULAW_FRAME_BYTES)
+    assert behind.accept(109, 2, ULAW_FRAME_BYTES) == InboundVerdict("drop", 0, "stale")
 
 
 def test_empty_payload_is_dropped_and_does_not_move_the_clock() -> None:
     """A zero-byte payload is dropped as empty and leaves the expected position alone."""
     stream = InboundStream()
-    stream.accept(0, 1, FRAME)
+    stream.accept(0, 1, ULAW_FRAME_BYTES)
     assert stream.accept(20, 2, 0) == InboundVerdict("drop", 0, "empty")
-    assert stream.accept(20, 3, FRAME) == InboundVerdict("forward", 0, "continuous")
+    assert stream.accept(20, 3, ULAW_FRAME_BYTES) == InboundVerdict("forward", 0, "continuous")
     assert stream.statistics().frames_empty == 1
 
 
@@ -133,7 +132,7 @@ def test_odd_frame_sizes_keep_the_expected_position_sample_exact() -> None:
 def test_chunk_jumps_are_counted_as_skipped() -> None:
     """Missing chunk numbers between forwarded frames are counted in chunks_skipped."""
     stream = InboundStream()
-    feed(stream, [(0, 1, FRAME), (20, 2, FRAME), (100, 6, FRAME)])
+    feed(stream, [(0, 1, ULAW_FRAME_BYTES), (20, 2, ULAW_FRAME_BYTES), (100, 6, ULAW_FRAME_BYTES)])
     assert stream.statistics().chunks_skipped == 3
 
 

@@ -15,15 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.codecs.framing import FRAME_MS, ULAW_FRAME_BYTES
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.codecs.levels import FULL_SCALE
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ScenarioError
 from gateway.loadtest import main
 from gateway.loadtest.htmlreport import render_html
 from gateway.loadtest.metrics import CallResult, SetupTimes, TurnResult, TurnTiming, stats, summarize, turn_results
 from gateway.loadtest.report import report_dict, summary_table
 from gateway.loadtest.runner import LoadTestConfig, LoadTestResult, run_loadtest, webhook_url_for
-from gateway.loadtest.scenario import Scenario, ScenarioError, SplitParams, load_folder, split_utterances
+from gateway.loadtest.scenario import Scenario, SplitParams, load_folder, split_utterances
 from gateway.simulator.caller import NetworkTrouble
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
@@ -280,14 +281,14 @@ def test_bad_options_exit_2_with_a_clear_message(
 )
 def test_split_by_silence_finds_each_utterance(parts: list[int], gaps: list[int], lead: int) -> None:
     """Speech frames separated by at least min_silence of silence come back as one span each, frame-exact."""
-    frame = 160
+    frame = ULAW_FRAME_BYTES
     silence = b"\xff" * frame
     audio = bytearray(silence * lead)
     expected = []
     for i, n_frames in enumerate(parts):
-        start = len(audio) // frame * 20
-        audio += pcm16_to_ulaw(speechlike_pcm16(n_frames * 20, 8000, seed=i))
-        expected.append((start, start + n_frames * 20))
+        start = len(audio) // frame * FRAME_MS
+        audio += pcm16_to_ulaw(speechlike_pcm16(n_frames * FRAME_MS, 8000, seed=i))
+        expected.append((start, start + n_frames * FRAME_MS))
         audio += silence * gaps[i]
     spans = split_utterances(bytes(audio), SplitParams(min_silence_ms=400, min_utterance_ms=100))
     assert len(spans) == len(expected)

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.codecs.framing import FRAME_MS, TWILIO_RATE_HZ
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_silence, ulaw_to_pcm16
 from gateway.errors import ConfigError
 from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector, TurnEvent, TurnParams
 from gateway.simulator.wavgen import speechlike_pcm16, tone_pcm16
 
-RATE_HZ = 8000
-BYTES_PER_MS = RATE_HZ * 2 // 1000
-FRAME_MS = 20
+RATE_HZ = TWILIO_RATE_HZ
+BYTES_PER_MS = RATE_HZ * 2 // 1000  # linear16
 
 
 def _at_level(pcm16: bytes, rms_dbfs: float) -> bytes:

@@ -43,8 +43,8 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.codecs.framing import TWILIO_RATE_HZ
-from gateway.codecs.g711 import audioop
+from gateway.codecs.framing import FRAME_MS, TWILIO_RATE_HZ, ULAW_FRAME_BYTES
+from gateway.codecs.g711 import SAMPLE_WIDTH_BYTES, audioop
 from gateway.codecs.wav import write_wav
 from gateway.wire import evi_messages as evi
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
@@ -53,7 +53,7 @@ from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
 __all__ = [
     "AUDIO_INPUT_PREFIX",
     "FILLER_B64",
-    "FRAME_MS",
+    "FRAME_MS",  # codecs.framing's, still imported from here by capacity_callers
     "LATENCY_BIN_NS",
     "TAG_BYTES",
     "SinkStats",
@@ -66,8 +66,6 @@ __all__ = [
     "run_sink",
 ]
 
-FRAME_MS = 20
-FRAME_BYTES = 160
 SEND_SLOTS = 20  # the callers' send times are spread over 20 one-millisecond slots of each 20 ms
 NS_PER_S = 1_000_000_000
 
@@ -79,7 +77,7 @@ _TAG_STRUCT = struct.Struct(">HIQ")  # call index, frame number, send time (mono
 TAG_BYTES = len(_TAG_MARK) + 2 * _TAG_STRUCT.size  # 30: a multiple of 3, so base64(tag) + base64(rest) is exact
 _PCM_TAG_BYTES = 2 * TAG_BYTES
 _B64_PCM_TAG_CHARS = _PCM_TAG_BYTES // 3 * 4
-_FRAME_PCM_BYTES = 320  # 20 ms of linear16 at 8 kHz
+_FRAME_PCM_BYTES = ULAW_FRAME_BYTES * SAMPLE_WIDTH_BYTES  # 20 ms of linear16 at 8 kHz
 _FRAME_PCM_B64_CHARS = -(-_FRAME_PCM_BYTES // 3) * 4
 _HIGH = bytes(_NIBBLE_BASE + (b >> 4) for b in range(256))
 _LOW = bytes(_NIBBLE_BASE + (b & 0xF) for b in range(256))

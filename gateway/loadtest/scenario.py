@@ -56,7 +56,6 @@ from gateway.simulator.recording import RAW_ULAW_SUFFIXES, load_recording
 __all__ = [
     "RECORDING_SUFFIXES",
     "Scenario",
-    "ScenarioError",
     "SplitParams",
     "Turn",
     "TurnKind",
