@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 
 import aiohttp
@@ -12,12 +11,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.simulator.caller import CallerConfig, TwilioCaller
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from gateway.simulator.harness import free_port
 
 
 def test_print_config_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +32,7 @@ def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None
 
 async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
     """`gateway serve --evi simulator` in its own process answers a signed call with the agent's greeting."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],

@@ -12,7 +12,6 @@ import csv
 import importlib.util
 import json
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 import gateway.loadtest
 from gateway.simulator.evi import EviSimulator
-from gateway.simulator.harness import RunningGateway, running_gateway
+from gateway.simulator.harness import RunningGateway, free_port, running_gateway, still_open
 from gateway.simulator.recording import write_wav
 from gateway.simulator.responder import BARGE_IN_SCENARIO, energy_responder, speech_then_silence
 
@@ -52,13 +51,6 @@ def recordings(root: Path) -> Path:
     write_wav(folder / "b.wav", speech_then_silence([1000, 500], 500, seed=20), 8000)
     (folder / "b.toml").write_text(HANGS_UP_BEFORE_THE_LAST_REPLY)
     return folder
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -107,23 +99,12 @@ def log_tails(logs: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(logs.glob("*.log")))
 
 
-async def settle(predicate: object, timeout_s: float = 3.0) -> None:
-    """Wait up to ``timeout_s`` for ``predicate()`` to hold."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline and not predicate():  # type: ignore[operator]  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture(name="agent")
 async def fixture_agent() -> AsyncIterator[tuple[RunningGateway, EviSimulator]]:
     """The gateway (signatures enforced) bridged to a simulator running ``responder``."""
     async with EviSimulator(agent=energy_responder) as sim, running_gateway(sim.url, max_concurrent_calls=8) as gw:
         yield gw, sim
-        await settle(lambda: not gw.state.active_calls)
-        assert gw.state.active_calls == set(), "a call is still running after the Locust run"
-        await settle(lambda: all(s.closed.is_set() for s in sim.sessions))
-        assert all(s.closed.is_set() for s in sim.sessions), "an EVI session was left open"
+        assert await still_open(gw, sim) == []
 
 
 async def test_master_and_one_worker_report_calls_and_turns(

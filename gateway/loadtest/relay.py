@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import struct
 import sys
 import time
@@ -380,13 +379,9 @@ async def run_relay(*, sink_url: str, auth_token: str) -> None:
 
 
 async def _serve_until_stdin_closes(build: Callable[[int], web.Application]) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    runner = web.AppRunner(build(port), handle_signals=False)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    from gateway.simulator.harness import serve_on_free_port  # only the relay child needs the harness
+
+    runner, port = await serve_on_free_port(build)
     try:
         answer({"port": port})
         async for _command in command_lines():

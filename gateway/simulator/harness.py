@@ -1,22 +1,28 @@
 """Run the real gateway on loopback next to simulator peers (used by tests, `gateway demo` and load tests).
 
 ``running_gateway`` binds 127.0.0.1 on a free port first, so ``GATEWAY_PUBLIC_URL`` can name the real port
-and signatures are checked exactly as in production.
+and signatures are checked exactly as in production. :func:`serve_on_free_port` does that for any app built
+from its port (the gateway here, the capacity benchmark's floor relay); :func:`free_port` finds a port for
+a server in another process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway.adapters.app import MEDIA_PATH, STATE, VOICE_PATH, GatewayState, make_app
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.simulator.evi import EviSimulator
 
 
 @dataclass
@@ -63,27 +69,73 @@ async def running_gateway(
     """
     if auth_token == "":
         auth_token = secrets.token_hex(16)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    settings = load_settings(
-        None,
-        environ={},
-        host="127.0.0.1",
-        port=port,
-        public_url=f"http://127.0.0.1:{port}",
-        evi_url=evi_url,
-        hume_api_key=hume_api_key,
-        twilio_auth_token=auth_token,
-        **overrides,
-    )
-    app = make_app(settings)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+
+    def build(port: int) -> web.Application:
+        return make_app(
+            load_settings(
+                None,
+                environ={},
+                host="127.0.0.1",
+                port=port,
+                public_url=f"http://127.0.0.1:{port}",
+                evi_url=evi_url,
+                hume_api_key=hume_api_key,
+                twilio_auth_token=auth_token,
+                **overrides,
+            )
+        )
+
+    runner, port = await serve_on_free_port(build)
     try:
-        yield RunningGateway(app=app, settings=settings, port=port, auth_token=auth_token)
+        yield RunningGateway(app=runner.app, settings=runner.app[STATE].settings, port=port, auth_token=auth_token)
     finally:
         await runner.cleanup()
+
+
+async def settle(predicate: Callable[[], bool], timeout_s: float = 3.0) -> bool:
+    """Poll ``predicate`` every 20 ms for up to ``timeout_s``; whether it holds in the end."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def still_open(gw: RunningGateway, sim: EviSimulator, timeout_s: float = 3.0) -> list[str]:
+    """Give ``gw``'s calls and ``sim``'s sessions up to ``timeout_s`` to end; what is still open (``[]``: nothing)."""
+    await settle(lambda: not gw.state.active_calls, timeout_s)
+    await settle(lambda: all(s.closed.is_set() for s in sim.sessions), timeout_s)
+    calls = [f"a call is still running: {call!r}" for call in gw.state.active_calls]
+    return calls + [f"an EVI session was left open: {s!r}" for s in sim.sessions if not s.closed.is_set()]
+
+
+def _bind_free_port(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago, for a server started in another process."""
+    with _bind_free_port(host) as sock:
+        return int(sock.getsockname()[1])
+
+
+async def serve_on_free_port(
+    build: Callable[[int], web.Application], host: str = "127.0.0.1"
+) -> tuple[web.AppRunner, int]:
+    """Serve ``build(port)`` on a port of ``host`` the OS picks, bound before the app is built (so it can
+    name its own URL); returns the runner (``await runner.cleanup()`` to stop) and the port."""
+    sock = _bind_free_port(host)
+    try:
+        port = int(sock.getsockname()[1])
+        runner = web.AppRunner(build(port), handle_signals=False)
+        await runner.setup()
+    except BaseException:
+        sock.close()
+        raise
+    await web.SockSite(runner, sock).start()
+    return runner, port
