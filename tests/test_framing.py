@@ -12,8 +12,6 @@ from gateway.codecs.framing import (
     ULAW_BYTES_PER_MS,
     ULAW_FRAME_BYTES,
     Framer,
-    ms_to_ulaw_bytes,
-    pcm16_bytes_per_ms,
     ulaw_bytes_to_ms,
 )
 
@@ -27,19 +25,6 @@ class TestUnits:
     def test_bytes_to_ms(self, n_bytes: int, duration_ms: float) -> None:
         """μ-law byte counts convert to milliseconds at 8 bytes per ms."""
         assert ulaw_bytes_to_ms(n_bytes) == duration_ms
-
-    @pytest.mark.parametrize(("duration_ms", "n_bytes"), [(0, 0), (20, 160), (0.99, 7), (100.1, 800)])
-    def test_ms_to_bytes_rounds_down(self, duration_ms: float, n_bytes: int) -> None:
-        """Milliseconds convert to whole μ-law bytes, rounding down."""
-        assert ms_to_ulaw_bytes(duration_ms) == n_bytes
-
-    @pytest.mark.parametrize(
-        ("rate_hz", "channels", "per_ms"),
-        [(8000, 1, 16.0), (24000, 1, 48.0), (48000, 2, 192.0), (22050, 1, 44.1)],
-    )
-    def test_pcm16_bytes_per_ms(self, rate_hz: int, channels: int, per_ms: float) -> None:
-        """16-bit PCM carries rate × channels × 2 bytes per second."""
-        assert pcm16_bytes_per_ms(rate_hz, channels) == pytest.approx(per_ms)
 
 
 class TestFramer:

@@ -17,16 +17,6 @@ def ulaw_bytes_to_ms(n_bytes: int) -> float:
     return n_bytes / ULAW_BYTES_PER_MS
 
 
-def ms_to_ulaw_bytes(duration_ms: float) -> int:
-    """Whole μ-law bytes (8 kHz samples) in ``duration_ms``, rounded down."""
-    return int(duration_ms * ULAW_BYTES_PER_MS)
-
-
-def pcm16_bytes_per_ms(rate_hz: int, channels: int = 1) -> float:
-    """Bytes of 16-bit PCM per millisecond at ``rate_hz``."""
-    return rate_hz * channels * 2 / 1000
-
-
 class Framer:
     """Cuts a byte stream into fixed-size frames, carrying the remainder to the next push.
 

@@ -33,11 +33,6 @@ class InboundTranscoder:
         """Release what the resampler holds (always empty at 8 kHz)."""
         return b"" if self._resampler is None else self._resampler.flush()
 
-    @property
-    def held_back_ms(self) -> float:
-        """Audio given but not yet returned, in ms."""
-        return 0.0 if self._resampler is None else self._resampler.held_back_samples * 1000 / self.out_rate_hz
-
 
 class OutboundTranscoder:
     """linear16 at ``in_rate_hz`` → μ-law 8 kHz."""
@@ -57,8 +52,3 @@ class OutboundTranscoder:
     def reset(self) -> None:
         """Drop everything held back (barge-in)."""
         self._resampler.reset()
-
-    @property
-    def held_back_ms(self) -> float:
-        """Audio given but not yet returned, in ms."""
-        return self._resampler.held_back_samples * 1000 / TWILIO_RATE_HZ
