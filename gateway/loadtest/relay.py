@@ -1,25 +1,21 @@
-"""The load side of ``gateway bench capacity``: floor relay, EVI-side sink, emulated callers, frame tag.
+"""The floor relay and the EVI-side sink of ``gateway bench capacity``, and the frame tag and child plumbing
+they share with the callers (:mod:`gateway.loadtest.capacity_callers`).
 
 - The **floor relay** is what any Twilio ⇄ EVI bridge must do at the least, written plainly: an aiohttp
   server that answers the webhook and the signed Media Stream upgrade like the gateway, and per call opens
   one ``websockets`` connection to the sink and forwards. Twilio ``media`` → ``json.loads``, base64,
-  ``audioop.ulaw2lin``, base64, EVI ``audio_input``; EVI ``audio_output`` → ``json.loads``, base64, WAV
-  header skipped, ``audioop.ratecv`` to 8 kHz, ``lin2ulaw``, Twilio ``media``. No playout buffer, no marks,
-  no ticker, no core: the gateway's cost is measured against this.
+  ``audioop.ulaw2lin``, base64, EVI ``audio_input``; EVI ``audio_output`` → ``json.loads``, base64, the
+  WAV's ``data`` chunk and rate, ``audioop.ratecv`` to 8 kHz, ``lin2ulaw``, Twilio ``media``. No playout
+  buffer, no marks, no ticker, no core: the gateway's cost is measured against this.
 - The **sink** plays EVI for both: it sends ``chat_metadata`` first (evi-protocol.md §1.4), timestamps
   every ``audio_input`` it receives, and answers each call with a 24 kHz WAV reply (``assistant_message``,
   ``audio_output`` chunks at real time one chunk ahead, ``assistant_end``; §3, §4.2) every few seconds.
-- The **callers** are a light Twilio emulator (the full :class:`~gateway.simulator.caller.TwilioCaller`
-  keeps every byte it says and hears, too much for hundreds of calls): signed webhook, TwiML and signed
-  upgrade through :mod:`gateway.simulator.caller_dial`, ``connected`` and ``start``, then a tagged
-  ``media`` frame every 20 ms, each call in its own 1 ms slot; received audio is played at real time,
-  marks echoed when playback reaches them (twilio-media-streams.md §1.5, §2), underruns counted.
 - The **frame tag** identifies a caller frame end to end: the caller writes (call index, frame number,
   send time on CLOCK_MONOTONIC in ns) into the first 30 μ-law bytes of the payload; μ-law → linear16 →
   μ-law is exact for every code but 0x7F, so the sink reads it back from the decoded audio.
 
-Child processes talk to the coordinator (``gateway.loadtest.capacity``) in JSON lines: commands on stdin,
-answers on stdout; stdin closing means exit.
+Child processes (relay, sinks, callers) talk to the coordinator (``gateway.loadtest.capacity``) in JSON
+lines: commands on stdin (:func:`command_lines`), answers on stdout (:func:`answer`); stdin closing means exit.
 """
 
 from __future__ import annotations
