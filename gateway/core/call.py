@@ -460,19 +460,20 @@ class Call:
             self._life.commit(transition, now, reason, detail)
             if transition.moves:
                 actions += self._entered(transition, now)
-            triggered = self._life.triggered(self._conditions(now))
+            triggered = self._life.triggered(lambda condition: self._holds(condition, now))
             if triggered is None:
                 return actions
             transition, reason, detail = triggered, None, ""
 
-    def _conditions(self, now: float) -> dict[Condition, bool]:
-        idle = self._outbound.idle
-        finished = self._agent_finished(now)
-        return {
-            Condition.AGENT_FINISHED: finished,
-            Condition.PLAYOUT_IDLE: idle,
-            Condition.HANDOFF_HEARD: finished and idle,
-        }
+    def _holds(self, condition: Condition, now: float) -> bool:
+        match condition:
+            case Condition.PLAYOUT_IDLE:
+                return self._outbound.idle
+            case Condition.AGENT_FINISHED:
+                return self._agent_finished(now)
+            case Condition.HANDOFF_HEARD:
+                return self._outbound.idle and self._agent_finished(now)
+        assert_never(condition)
 
     def _agent_finished(self, now: float) -> bool:
         """Since the state began, the agent ended a turn, or started none within the grace period."""

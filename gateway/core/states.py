@@ -19,7 +19,7 @@ assigned. The README's diagram is generated from these tables by :func:`to_merma
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,8 @@ from gateway.errors import CallStateError
 
 class CallState(enum.Enum):
     """Where a call is in its life."""
+
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (tables are hit per frame)
 
     AWAITING_START = "awaiting start"
     CONNECTING_UPSTREAM = "connecting upstream"
@@ -47,6 +49,8 @@ class CallState(enum.Enum):
 
 class Input(enum.Enum):
     """Classified inputs of the call, from Twilio, the upstream, our adapter or the clock."""
+
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (tables are hit per frame)
 
     CONNECTED = "twilio connected"
     START = "twilio start"
@@ -82,6 +86,8 @@ class Input(enum.Enum):
 
 class Condition(enum.Enum):
     """Facts about the call's audio that trigger a transition when they hold (checked after every input)."""
+
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (tables are hit per frame)
 
     AGENT_FINISHED = "agent finished speaking"
     """Since this state began the agent finished a turn, or said nothing for the grace period."""
@@ -278,6 +284,8 @@ later, bad gateway; None: the socket failed without a close frame). 1000 and pol
 class LinkState(enum.Enum):
     """The upstream socket, as far as the call knows."""
 
+    __hash__ = object.__hash__  # members are singletons: identity hashing, in C (tables are hit per frame)
+
     IDLE = "not asked for"
     CONNECTING = "connecting"
     OPEN = "open"
@@ -332,6 +340,15 @@ class Transition:
         return self.source is not self.target
 
 
+# Every decided move, built once: deciding an input allocates nothing (a call sees ~100 inputs a second).
+_MOVES: dict[tuple[CallState, Input], Transition] = {
+    key: Transition(key[0], t, key[1]) for key, t in TRANSITIONS.items()
+}
+_TRIGGERS: dict[CallState, tuple[Transition, ...]] = {}
+for (_state, _condition), _target in TRIGGERED.items():
+    _TRIGGERS[_state] = (*_TRIGGERS.get(_state, ()), Transition(_state, _target, _condition))
+
+
 class Lifecycle:
     """The call's and the link's current states, when each began, and the end reason; nothing else."""
 
@@ -346,15 +363,15 @@ class Lifecycle:
 
     def decide(self, event: Input) -> Transition | None:
         """The move ``event`` makes now; ``None`` when the table refuses it. Changes nothing."""
-        target = TRANSITIONS.get((self.state, event))
-        return None if target is None else Transition(self.state, target, event)
+        return _MOVES.get((self.state, event))
 
-    def triggered(self, holds: dict[Condition, bool]) -> Transition | None:
-        """The move a condition that holds now triggers, if any. Changes nothing."""
-        for condition in Condition:
-            target = TRIGGERED.get((self.state, condition))
-            if target is not None and holds[condition]:
-                return Transition(self.state, target, condition)
+    def triggered(self, holds: Callable[[Condition], bool]) -> Transition | None:
+        """The move a condition that holds now triggers, if any (``holds`` is asked only for the conditions
+        the current state has moves for). Changes nothing."""
+        for transition in _TRIGGERS.get(self.state, ()):
+            assert isinstance(transition.cause, Condition)
+            if holds(transition.cause):
+                return transition
         return None
 
     def overdue(self, now: float, timeouts_s: Mapping[str, float]) -> tuple[Transition, EndReason | None, str] | None:
