@@ -200,6 +200,7 @@ def test_a_dropped_upstream_is_resumed_while_the_caller_stays_on() -> None:
     assert len(opens) == 1 and opens[0].session.resume_group_id == "group-1"
     assert not any(isinstance(a, CloseTwilio) for a in actions)
     assert d.to_upstream(d.media(bytes(160))) == []
+    assert d.call.statistics(d.now).counts["caller_frames_dropped"] == 1
     d.advance(700)
     assert d.playback.heard_audio_bytes == pytest.approx(600 * 8, abs=160)  # playout went on
     sent = d.to_upstream(d.ready(chat_id="chat-2"))

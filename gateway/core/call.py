@@ -206,6 +206,8 @@ class Call:
             self._preroll.push(pcm, ulaw_bytes_to_ms(len(ulaw)))
         elif route == "forward":
             return [SendUpstream(self._codec.encode_audio(pcm))]
+        else:
+            self._count("caller_frames_dropped")  # e.g. while the upstream is being resumed
         return []
 
     def _on_mark(self, message: tw.Mark) -> list[Action]:
