@@ -265,3 +265,13 @@ def test_hang_up_before_its_goodbye_still_plays_the_goodbye() -> None:
     d.advance(1500)
     assert d.call.state is CallState.CLOSED
     assert d.playback.heard_audio_bytes == pytest.approx(900 * 8, abs=160)
+
+
+def test_an_operator_message_is_spoken_through_the_agent() -> None:
+    """A supervisor's text becomes assistant_input on a live call; with no live conversation it is refused."""
+    d = driver()
+    actions = d.call.operator_say("Your order has shipped.", d.now)
+    assert actions is not None
+    assert d.to_upstream(actions) == [{"type": "assistant_input", "text": "Your order has shipped."}]
+    d.upstream_closed(1000)
+    assert d.call.operator_say("too late", d.now) is None

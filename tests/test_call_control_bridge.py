@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.codecs.g711 import pcm16_to_ulaw
@@ -207,3 +208,42 @@ async def test_a_hang_up_before_its_goodbye_still_lets_the_goodbye_play(tmp_path
         assert await caller.wait_closed(10)
         assert caller.record.heard_audio_ms >= heard_before + 980
         await asyncio.wait_for(session.closed.wait(), 3)
+
+
+async def test_a_supervisor_can_make_the_agent_speak_on_a_live_call(tmp_path: Path) -> None:
+    """GET /calls lists the live call with its chat id; POST /calls/{sid}/say reaches EVI as assistant_input;
+    both refuse a missing or wrong bearer token."""
+    async with (
+        call_center(tmp_path, admin_token="admin-secret") as (gw, sim, _tools),
+        TwilioCaller(caller_config(gw)) as caller,
+        aiohttp.ClientSession() as http,
+    ):
+        session = await connected(caller, sim)
+        auth = {"Authorization": "Bearer admin-secret"}
+        async with http.get(gw.base_url + "/calls") as resp:
+            assert resp.status == 401
+        async with http.get(gw.base_url + "/calls", headers={"Authorization": "Bearer nope"}) as resp:
+            assert resp.status == 401
+        async with http.get(gw.base_url + "/calls", headers=auth) as resp:
+            listed = (await resp.json())["calls"]
+        assert [(c["call_sid"], c["chat_id"], c["to"]) for c in listed] == [
+            (caller.config.call_sid, session.chat_id, CALLED)
+        ]
+        url = f"{gw.base_url}/calls/{caller.config.call_sid}/say"
+        async with http.post(url, json={"text": "A supervisor is listening."}, headers=auth) as resp:
+            assert resp.status == 202
+        said = await session.wait_message("assistant_input", 5)
+        assert said.text == "A supervisor is listening."  # type: ignore[union-attr]
+        async with http.post(url, json={"text": ""}, headers=auth) as resp:
+            assert resp.status == 422
+        async with http.post(gw.base_url + "/calls/CAnope/say", json={"text": "hi"}, headers=auth) as resp:
+            assert resp.status == 404
+        await caller.hang_up()
+
+
+async def test_admin_routes_are_off_without_a_token(tmp_path: Path) -> None:
+    """With no GATEWAY_ADMIN_TOKEN the admin routes do not exist."""
+    async with call_center(tmp_path) as (gw, _sim, _tools), aiohttp.ClientSession() as http:
+        resp = await http.get(gw.base_url + "/calls")
+        assert resp.status == 404
+        resp.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,6 +96,9 @@ def make_app(
     app.router.add_get(MEDIA_PATH, media_stream)
     app.router.add_post(STATUS_PATH, stream_status)
     app.router.add_get("/healthz", healthz)
+    if settings.admin_token is not None:
+        app.router.add_get("/calls", list_calls)
+        app.router.add_post("/calls/{call_sid}/say", say_on_call)
     app.cleanup_ctx.append(_ticker)
     app.cleanup_ctx.append(_clients)
     app.on_shutdown.append(_close_calls)
@@ -241,6 +245,62 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ok", "active_calls": len(state.active_calls), "calls_started": state.calls_started}
     )
+
+
+def _check_admin(request: web.Request) -> None:
+    """Bearer ``GATEWAY_ADMIN_TOKEN`` (compared in constant time); 401 otherwise."""
+    token = request.app[STATE].settings.admin_token
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {token.get_secret_value()}" if token is not None else ""
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise web.HTTPUnauthorized(text="admin token required", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """``GET /calls``: the calls in progress with their EVI chat ids (admin)."""
+    _check_admin(request)
+    now = asyncio.get_running_loop().time()
+    calls = []
+    for runner in request.app[STATE].active_calls:
+        call = runner.call
+        stats = call.statistics(now)
+        calls.append(
+            {
+                "call_sid": call.call_sid,
+                "stream_sid": call.stream_sid,
+                "state": stats.state,
+                "from": call.custom_parameters.get("caller_number"),
+                "to": call.custom_parameters.get("called_number"),
+                "chat_id": call.upstream_session_id,
+                "chat_group_id": call.upstream_group_id,
+                "duration_s": stats.duration_s,
+            }
+        )
+    return web.json_response({"calls": sorted(calls, key=lambda c: str(c["call_sid"]))})
+
+
+MAX_SAY_CHARS = 2000
+
+
+async def say_on_call(request: web.Request) -> web.Response:
+    """``POST /calls/{call_sid}/say`` with JSON ``{"text": …}``: the agent says it on that call now (admin)."""
+    _check_admin(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='body must be JSON: {"text": "…"}') from None
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
+        raise web.HTTPUnprocessableEntity(text=f"text must be a non-empty string of at most {MAX_SAY_CHARS} chars")
+    call_sid = request.match_info["call_sid"]
+    runner = next((r for r in request.app[STATE].active_calls if r.call.call_sid == call_sid), None)
+    if runner is None:
+        raise web.HTTPNotFound(text=f"no call {call_sid} in progress")
+    actions = runner.call.operator_say(text, runner.now())
+    if actions is None:
+        raise web.HTTPConflict(text=f"call {call_sid} has no live conversation to speak in")
+    runner.execute(actions)
+    return web.json_response({"call_sid": call_sid, "said": True}, status=202)
 
 
 async def _close_calls(app: web.Application) -> None:

@@ -281,6 +281,14 @@ class Call:
             return []
         return [SendUpstream(answer, kind="tool_error" if not outcome.ok else "tool_response")]
 
+    def operator_say(self, text: str, now: float) -> list[Action] | None:
+        """Have the agent say ``text`` verbatim now; None when it cannot (no live conversation to speak in)."""
+        if self._life.state not in AGENT_AUDIO or self._life.link is not LinkState.OPEN:
+            return None
+        self._count("operator_messages")
+        log.info("= operator message for call %s (%d chars)", self.call_sid, len(text))
+        return self._handle(Input.OPERATOR_SAY, now, lambda: self._say(text))
+
     def transfer_failed(self, now: float, detail: str) -> list[Action]:
         """The REST redirect of a :class:`~gateway.core.actions.TransferCall` failed."""
         log.warning("= transfer of call %s failed: %s", self.call_sid, detail)

@@ -74,6 +74,8 @@ class Input(enum.Enum):
     UPSTREAM_LOST = "upstream lost"
     """The upstream is gone for good: an abnormal close that cannot be resumed."""
     TOOL_RESULT = "tool result"
+    OPERATOR_SAY = "operator say"
+    """A supervisor asks the agent to say something on the live call (``POST /calls/{call_sid}/say``)."""
     TRANSFER_FAILED = "transfer failed"
     TICK = "tick"
     DEADLINE = "deadline"
@@ -179,6 +181,7 @@ for _state in _LIVE:
     for _event in (I.MEDIA, I.MARK, I.DTMF, I.TWILIO_IGNORED, I.TWILIO_VIOLATION, I.TICK, I.UPSTREAM_EVENT):
         TRANSITIONS[(_state, _event)] = _state
     TRANSITIONS[(_state, I.TOOL_RESULT)] = _state
+    TRANSITIONS[(_state, I.OPERATOR_SAY)] = _state
     TRANSITIONS[(_state, I.STOP)] = S.CLOSED
     TRANSITIONS[(_state, I.TWILIO_CLOSED)] = S.CLOSED
 # CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
