@@ -91,7 +91,7 @@ def _simulate_evi(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from gateway.simulator.demo import main as demo_main
 
-    return demo_main(args.rest)
+    return demo_main(args.rest, log_level=args.log_level.upper())
 
 
 def _loadtest(args: argparse.Namespace) -> int:

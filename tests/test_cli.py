@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gateway.cli import main
 from gateway.simulator.caller import CallerConfig, TwilioCaller
+from gateway.simulator.demo import logs_to
 from gateway.simulator.harness import free_port
 
 
@@ -65,3 +68,17 @@ async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+def test_demo_logs_go_to_the_file_and_with_verbose_to_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Inside the demo's log set-up records go to its log file only; with verbose they show on stderr as well."""
+    logger = logging.getLogger("gateway.test_cli")
+    with logs_to(tmp_path / "quiet.log"):
+        logger.info("quiet record")
+    with logs_to(tmp_path / "verbose.log", verbose=True):
+        logger.info("verbose record")
+    out, err = capfd.readouterr()
+    assert "record" not in out
+    assert "quiet record" not in err and "INFO gateway.test_cli verbose record" in err
+    assert "INFO gateway.test_cli quiet record" in (tmp_path / "quiet.log").read_text(encoding="utf-8")
+    assert "verbose record" in (tmp_path / "verbose.log").read_text(encoding="utf-8")

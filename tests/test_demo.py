@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import sys
 import wave
 from pathlib import Path
 
@@ -10,9 +13,11 @@ import jiwer
 import numpy as np
 import pytest
 
+from gateway.cli import main as cli_main
 from gateway.codecs.g711 import ulaw_to_pcm16
+from gateway.simulator import demo
 from gateway.simulator.agent_script import load_agent_script
-from gateway.simulator.demo import DemoLine, demo_lines, run_demo, write_outputs
+from gateway.simulator.demo import DemoLine, demo_lines, run_demo
 from gateway.simulator.make_demo_audio import DEMO_CALLER_DIR
 from gateway.simulator.recording import load_recording
 from gateway.simulator.vad import SpeechEnded, TurnDetector, TurnParams
@@ -28,28 +33,47 @@ def _normalise(text: str) -> str:
     return " ".join("".join(c for c in text.lower() if c.isalpha() or c.isspace()).split())
 
 
-async def test_demo_call_greets_answers_yields_and_hangs_up(tmp_path: Path) -> None:
-    """A shortened demo: every turn is answered, the story is cut off by barge-in with a clear, and the goodbye
-    is heard in full before the gateway ends the call; the WAV and JSONL outputs are written."""
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+ ", re.M)
+
+
+def test_demo_call_greets_answers_yields_and_hangs_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway demo`, shortened: every turn is answered, the story is cut off by barge-in with a clear, and the
+    goodbye is heard in full before the gateway ends the call; stdout tells that story and holds no log lines,
+    which go to demo.log; the WAV and JSONL outputs are written."""
     lines = [line for line in demo_lines() if not line.file.startswith("02")]
-    result = await run_demo(lines=lines, log=lambda _line: None)
-    assert result.problems == [] and [t.problems for t in result.turns] == [[], [], [], []]
-    assert result.greeting
-    latencies = [t.response_latency_ms for t in result.turns]
+    monkeypatch.setattr(demo, "demo_lines", lambda: lines)
+    terminal = logging.StreamHandler(sys.stderr)  # what `gateway`'s logging.basicConfig installs outside pytest
+    terminal.setFormatter(logging.Formatter(demo.LOG_FORMAT))
+    logging.getLogger().addHandler(terminal)
+    try:
+        assert cli_main(["demo", "--out", str(tmp_path)]) == 0
+    finally:
+        logging.getLogger().removeHandler(terminal)
+    out, err = capfd.readouterr()
+    assert "turn 4" in out and "barge-in: agent voice stopped" in out and "demo OK" in out
+    assert str(tmp_path / "demo.log") in out
+    assert LOG_LINE.search(out) is None and LOG_LINE.search(err) is None, (out, err)
+    log = (tmp_path / "demo.log").read_text(encoding="utf-8")
+    assert LOG_LINE.search(log) and " INFO gateway.call " in log
+    events = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text(encoding="utf-8").splitlines()]
+    turns = [e for e in events if e["event"] == "turn"]
+    call = events[-1]
+    assert call["problems"] == [] and [t["problems"] for t in turns] == [[], [], [], []]
+    assert call["greeting"]
+    latencies = [t["response_latency_ms"] for t in turns]
     assert all(latency is not None and 0 < latency < 5000 for latency in latencies)
-    barge = result.turns[2]
-    assert barge.barge_in_yield_ms is not None and result.turns[1].interrupted
-    assert result.ended_by == "gateway"
-    goodbye = result.turns[-1].agent_answered
+    assert turns[2]["barge_in_yield_ms"] is not None and turns[1]["interrupted"]
+    assert call["ended_by"] == "gateway"
+    goodbye = turns[-1]["agent_answered"]
     assert goodbye and "goodbye" in goodbye.lower()
-    assert result.goodbye_heard_ms is not None and result.goodbye_heard_ms > 1000
-    wav_path, transcript_path = write_outputs(result, tmp_path)
-    with wave.open(str(wav_path)) as wav:
+    assert call["goodbye_heard_ms"] is not None and call["goodbye_heard_ms"] > 1000
+    with wave.open(str(tmp_path / "demo.wav")) as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
         frames = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2)
     assert np.abs(frames[:, 0]).max() > 1000 and np.abs(frames[:, 1]).max() > 1000
-    events = [json.loads(line) for line in transcript_path.read_text(encoding="utf-8").splitlines()]
-    assert [e["event"] for e in events].count("turn") == 4 and events[-1]["ok"] is True
+    assert call["ok"] is True
 
 
 def _direct_transcripts(lines: list[DemoLine]) -> list[str]:

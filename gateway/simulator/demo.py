@@ -5,6 +5,7 @@ signatures are enforced exactly as in production) and the Twilio caller emulator
 caller lines: a greeting is answered, a question asked, a long story interrupted (barge-in), and a goodbye
 ends the call through the agent's ``hang_up`` tool. Everything is measured at the caller's ear on Twilio's
 media clock. Writes a stereo WAV (left: the caller, right: what the caller heard) and a JSONL transcript.
+The story of the call goes to stdout; log lines go to ``demo.log`` beside them (and, with ``-v``, to stderr).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,7 @@ REPLY_TIMEOUT_S = 12.0
 AGENT_DONE_SILENCE_MS = 700.0
 BARGE_IN_AFTER_MS = 2000.0  # the caller talks over the story this long after it starts
 MAX_YIELD_MS = 2500.0  # EVI interrupts after min_interruption_ms (800) of caller speech, plus detection
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,20 +308,52 @@ def print_result(result: DemoResult, log: Callable[[str], None] = print) -> None
     log("demo " + ("OK" if result.ok else "FAILED"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@contextmanager
+def logs_to(path: Path, *, verbose: bool = False, level: int | str = logging.INFO) -> Iterator[None]:
+    """Inside the block, log records at ``level`` and above go to ``path`` only (with ``verbose``, to stderr
+    as well); the logging set-up before it is restored after."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    handlers: list[logging.Handler] = [logging.FileHandler(path, mode="w", encoding="utf-8")]
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for handler in saved_handlers:
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+
+
+def main(argv: Sequence[str] | None = None, *, log_level: int | str = logging.INFO) -> int:
     """``gateway demo``: 0 if the call worked, 1 if it did not, 2 on a configuration error."""
     parser = argparse.ArgumentParser(prog="gateway demo", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", default="demo-output", help="folder for demo.wav and demo.jsonl")
+    parser.add_argument("--out", default="demo-output", help="folder for demo.wav, demo.jsonl and demo.log")
     parser.add_argument(
         "--voice", choices=["auto", "tones"], default="auto", help="tones: no speech backends, even if installed"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the log on stderr too, not only in demo.log")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "demo.log"
     try:
-        result = asyncio.run(run_demo(voice=args.voice))
+        with logs_to(log_path, verbose=args.verbose, level=log_level):
+            result = asyncio.run(run_demo(voice=args.voice))
     except (ConfigError, GatewayError) as exc:
-        print(f"gateway demo: {exc}", file=sys.stderr)
+        print(f"gateway demo: {exc} (log: {log_path})", file=sys.stderr)
         return 2
     print_result(result)
-    wav_path, transcript_path = write_outputs(result, Path(args.out))
-    print(f"wrote {wav_path} (left: caller, right: what the caller heard) and {transcript_path}")
+    wav_path, transcript_path = write_outputs(result, out_dir)
+    print(f"wrote {wav_path} (left: caller, right: what the caller heard), {transcript_path} and the log {log_path}")
     return 0 if result.ok else 1
