@@ -14,7 +14,7 @@ import pytest
 from gateway.cli import main
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.demo import logs_to
-from gateway.simulator.harness import free_port
+from gateway.simulator.loopback import free_port
 
 
 def test_print_config_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

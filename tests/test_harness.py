@@ -9,7 +9,8 @@ from aiohttp import web
 from websockets.asyncio.client import connect
 
 from gateway.simulator.evi import EviSimulator
-from gateway.simulator.harness import free_port, running_gateway, serve_on_free_port, settle, still_open
+from gateway.simulator.harness import running_gateway, settle, still_open
+from gateway.simulator.loopback import free_port, serve_on_free_port
 
 
 def test_free_port_can_be_bound() -> None:

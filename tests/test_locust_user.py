@@ -20,7 +20,8 @@ import pytest
 
 import gateway.loadtest
 from gateway.simulator.evi import EviSimulator
-from gateway.simulator.harness import RunningGateway, free_port, running_gateway, still_open
+from gateway.simulator.harness import RunningGateway, running_gateway, still_open
+from gateway.simulator.loopback import free_port
 from gateway.simulator.recording import write_wav
 from gateway.simulator.responder import BARGE_IN_SCENARIO, energy_responder, speech_then_silence
 

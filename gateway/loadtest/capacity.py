@@ -42,8 +42,9 @@ import aiohttp
 
 from gateway.errors import CapacityRunError, ConfigError
 from gateway.loadtest.capacity_callers import run_callers
-from gateway.loadtest.capacity_procs import Child, cpu_s, free_port, machine_busy_s, pin_processes
+from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s, pin_processes
 from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_relay, run_sink
+from gateway.simulator.loopback import free_port
 
 __all__ = ["CapacityConfig", "CapacityReport", "LevelResult", "PathResult", "format_table", "main", "run_capacity"]
 

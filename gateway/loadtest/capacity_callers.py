@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 
+from gateway.codecs.framing import FRAME_MS
 from gateway.errors import DialError
 from gateway.loadtest.relay import (
     FILLER_B64,
-    FRAME_MS,
     NS_PER_S,
     SEND_SLOTS,
     answer,

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,10 +100,3 @@ class Child:
 
 def open_log(path: Path) -> BinaryIO:
     return open(path, "wb")  # noqa: SIM115  # closed by the caller's with-block
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

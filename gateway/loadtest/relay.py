@@ -38,9 +38,10 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.codecs.framing import FRAME_MS, TWILIO_RATE_HZ, ULAW_FRAME_BYTES
+from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_FRAME_BYTES
 from gateway.codecs.g711 import SAMPLE_WIDTH_BYTES, audioop
 from gateway.codecs.wav import write_wav
+from gateway.simulator.loopback import serve_on_free_port
 from gateway.wire import evi_messages as evi
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
 from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
@@ -48,7 +49,6 @@ from gateway.wire.twiml import connect_stream_twiml, stream_url_from_public_url
 __all__ = [
     "AUDIO_INPUT_PREFIX",
     "FILLER_B64",
-    "FRAME_MS",  # codecs.framing's, still imported from here by capacity_callers
     "LATENCY_BIN_NS",
     "TAG_BYTES",
     "SinkStats",
@@ -375,7 +375,6 @@ async def run_relay(*, sink_url: str, auth_token: str) -> None:
 
 
 async def _serve_until_stdin_closes(build: Callable[[int], web.Application]) -> None:
-    from gateway.simulator.harness import serve_on_free_port  # only the relay child needs the harness
 
     runner, port = await serve_on_free_port(build)
     try:

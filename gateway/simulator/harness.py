@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from gateway.adapters.app import MEDIA_PATH, STATE, VOICE_PATH, GatewayState, make_app
 from gateway.settings import Settings, load_settings
+from gateway.simulator.loopback import serve_on_free_port
 
 if TYPE_CHECKING:
     from gateway.simulator.evi import EviSimulator
@@ -109,33 +109,3 @@ async def still_open(gw: RunningGateway, sim: EviSimulator, timeout_s: float = 3
     await settle(lambda: all(s.closed.is_set() for s in sim.sessions), timeout_s)
     calls = [f"a call is still running: {call!r}" for call in gw.state.active_calls]
     return calls + [f"an EVI session was left open: {s!r}" for s in sim.sessions if not s.closed.is_set()]
-
-
-def _bind_free_port(host: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    return sock
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that was free a moment ago, for a server started in another process."""
-    with _bind_free_port(host) as sock:
-        return int(sock.getsockname()[1])
-
-
-async def serve_on_free_port(
-    build: Callable[[int], web.Application], host: str = "127.0.0.1"
-) -> tuple[web.AppRunner, int]:
-    """Serve ``build(port)`` on a port of ``host`` the OS picks, bound before the app is built (so it can
-    name its own URL); returns the runner (``await runner.cleanup()`` to stop) and the port."""
-    sock = _bind_free_port(host)
-    try:
-        port = int(sock.getsockname()[1])
-        runner = web.AppRunner(build(port), handle_signals=False)
-        await runner.setup()
-    except BaseException:
-        sock.close()
-        raise
-    await web.SockSite(runner, sock).start()
-    return runner, port

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
+from gateway.codecs.g711 import require_pcm16
 from gateway.errors import AudioFormatError, ConfigError, UnknownWordsError
 
 __all__ = [
@@ -144,11 +145,6 @@ class Recognizer(Protocol):
 def _check_rate(rate_hz: int) -> None:
     if not _MIN_RATE_HZ <= rate_hz <= _MAX_RATE_HZ:
         raise AudioFormatError(f"sample rate must be {_MIN_RATE_HZ}-{_MAX_RATE_HZ} Hz, got {rate_hz}")
-
-
-def _check_pcm16(pcm16: bytes) -> None:
-    if len(pcm16) % _SAMPLE_BYTES:
-        raise AudioFormatError(f"linear16 needs an even byte count, got {len(pcm16)} bytes")
 
 
 def _resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
@@ -423,7 +419,7 @@ class PocketsphinxRecognizer:
     def transcribe(self, pcm16: bytes, rate_hz: int) -> str:
         """The lowercase words heard in ``pcm16``; resampled to 16 kHz (soxr HQ) for the model."""
         _check_rate(rate_hz)
-        _check_pcm16(pcm16)
+        require_pcm16(pcm16)
         if not pcm16:
             return ""
         samples = _resample(np.frombuffer(pcm16, dtype="<i2"), rate_hz, _PS_RATE_HZ)
@@ -485,7 +481,7 @@ class DurationRecognizer:
     def transcribe(self, pcm16: bytes, rate_hz: int) -> str:
         """``[speech N.N s]`` with the duration of ``pcm16``."""
         _check_rate(rate_hz)
-        _check_pcm16(pcm16)
+        require_pcm16(pcm16)
         return f"[speech {len(pcm16) / _SAMPLE_BYTES / rate_hz:.1f} s]"
 
 

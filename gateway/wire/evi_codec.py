@@ -17,7 +17,7 @@ from __future__ import annotations
 import binascii
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import AudioFormatError
+from gateway.codecs.g711 import require_pcm16
 from gateway.ids import ResponseId
 from gateway.wire.evi_messages import (
     AssistantEnd,
@@ -132,8 +132,7 @@ class EviCodec:
 
     def encode_audio(self, pcm16: bytes) -> str:
         """§2.1 ``audio_input``; equals ``AudioInput(data=b64).to_json()``."""
-        if len(pcm16) & 1:
-            raise AudioFormatError(f"16-bit PCM must have an even byte count, got {len(pcm16)}")
+        require_pcm16(pcm16)
         return _AUDIO_PREFIX + binascii.b2a_base64(pcm16, newline=False).decode("ascii") + _AUDIO_SUFFIX
 
     def encode_user_text(self, text: str) -> str:
