@@ -59,7 +59,11 @@ async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Applica
 
     key = secrets.token_hex(16)
     sim = EviSimulator(
-        api_key=key, agent_config=AgentConfig(cheap=cheap), retain_closed_sessions=False, record_audio=False
+        api_key=key,
+        agent_config=AgentConfig(cheap=cheap),
+        retain_closed_sessions=False,
+        record_audio=False,
+        max_sessions=settings.max_concurrent_calls,  # one process: the gateway's own cap is the only one
     )
     await sim.start()
     logging.getLogger("gateway").info("EVI: the built-in agent at %s%s", sim.url, " (cheap mode)" if cheap else "")

@@ -125,16 +125,19 @@ async def test_no_api_key_means_no_auth() -> None:
 
 async def test_chat_metadata_first_and_query_recorded(sim: EviSimulator) -> None:
     """chat_metadata comes first; config, resume id, bracketed session settings and headers are recorded."""
+    earlier, _ = await open_chat(sim)
+    await earlier.close()
+    group = sim.sessions[0].chat_group_id
     query = (
-        "?config_id=cfg-1&resumed_chat_group_id=grp-9&session_settings%5Baudio%5D%5Bencoding%5D=linear16"
+        f"?config_id=cfg-1&resumed_chat_group_id={group}&session_settings%5Baudio%5D%5Bencoding%5D=linear16"
         "&session_settings%5Baudio%5D%5Bsample_rate%5D=16000&session_settings%5Baudio%5D%5Bchannels%5D=1"
         "&session_settings%5Bvariables%5D%5Bname%5D=Jo"
     )
     async with connect(sim.url + query, additional_headers=HEADERS) as ws:
         first = await recv_json(ws)
-        session = await sim.wait_session()
+        session = await sim.wait_session(1)
     assert first["type"] == "chat_metadata"
-    assert first["chat_group_id"] == "grp-9" == session.chat_group_id
+    assert first["chat_group_id"] == group == session.chat_group_id
     assert first["chat_id"] == session.chat_id and first["request_id"] == session.request_id
     assert session.config_id == "cfg-1"
     assert session.session_settings_query == {
@@ -143,6 +146,16 @@ async def test_chat_metadata_first_and_query_recorded(sim: EviSimulator) -> None
     }
     assert session.declared_audio is not None and session.declared_audio.rate_hz == 16000
     assert session.headers["X-Hume-Api-Key"] == KEY
+
+
+async def test_resuming_an_unknown_chat_group_is_refused(sim: EviSimulator) -> None:
+    """A resumed_chat_group_id the server never issued gets an error, then a 1008 close."""
+    async with connect(sim.url + "?resumed_chat_group_id=grp-9", additional_headers=HEADERS) as ws:
+        error = await recv_json(ws)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert (error["type"], error["slug"]) == ("error", "chat_group_not_found")
+    assert ws.close_code == 1008
 
 
 async def test_wait_session_times_out_clearly(sim: EviSimulator) -> None:

@@ -67,7 +67,10 @@ def barge_in_folder(root: Path) -> Path:
 @pytest.fixture(name="agent_gateway")
 async def fixture_agent_gateway() -> AsyncIterator[RunningGateway]:
     """The gateway (signatures enforced, room for 16 calls) bridged to a simulator running ``responder``."""
-    async with EviSimulator(agent=energy_responder) as sim, running_gateway(sim.url, max_concurrent_calls=16) as gw:
+    async with (
+        EviSimulator(agent=energy_responder, max_sessions=16) as sim,
+        running_gateway(sim.url, max_concurrent_calls=16) as gw,
+    ):
         yield gw
         assert gw.state.active_calls == set(), "a call is still running after the load test"
         assert all(s.closed.is_set() for s in sim.sessions), "an EVI session was left open"
@@ -466,7 +469,7 @@ async def test_load_against_the_built_in_agent_in_cheap_mode(tmp_path: Path) -> 
     (folder / "caller.toml").write_text(CHEAP_AGENT_SCENARIO)
     agent = AgentConfig(script=script, cheap=True, inactivity_timeout_s=None, realtime_factor=0.5)
     async with (
-        EviSimulator(agent_config=agent) as sim,
+        EviSimulator(agent_config=agent, max_sessions=16) as sim,
         running_gateway(sim.url, max_concurrent_calls=16) as gateway,
     ):
         config = LoadTestConfig(

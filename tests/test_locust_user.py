@@ -103,7 +103,10 @@ def log_tails(logs: Path) -> str:
 @pytest.fixture(name="agent")
 async def fixture_agent() -> AsyncIterator[tuple[RunningGateway, EviSimulator]]:
     """The gateway (signatures enforced) bridged to a simulator running ``responder``."""
-    async with EviSimulator(agent=energy_responder) as sim, running_gateway(sim.url, max_concurrent_calls=8) as gw:
+    async with (
+        EviSimulator(agent=energy_responder, max_sessions=8) as sim,
+        running_gateway(sim.url, max_concurrent_calls=8) as gw,
+    ):
         yield gw, sim
         assert await still_open(gw, sim) == []
 

@@ -42,7 +42,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
 
 from gateway.errors import ConfigError, SessionClosedError
 from gateway.simulator.agent_script import AgentScript, fill, load_agent_script, split_sentences
@@ -252,7 +251,7 @@ class _AgentRun:
         # A factory, not a coroutine object: a task cancelled before it starts leaves nothing un-awaited.
         try:
             await step()
-        except (ConnectionClosed, SessionClosedError):
+        except SessionClosedError:
             pass
         except Exception:
             log.exception("EVI agent failed in chat %s; closing it", self.session.chat_id)

@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hmac
 import logging
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
+from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.errors import ConfigError
-from gateway.logs import redacting_logger
 from gateway.simulator.agent import OUTPUT_RATES_HZ, AgentConfig, VoiceAgent
 from gateway.simulator.agent_script import load_agent_script
+from gateway.simulator.chat_socket import ChatSocket
 from gateway.simulator.evi_session import (
     AUDIO_NOT_DECLARED,
     INVALID_BASE64,
@@ -49,6 +50,7 @@ from gateway.simulator.evi_session import (
     SpeechOutcome,
     SpeechResult,
 )
+from gateway.simulator.loopback import serve_app
 from gateway.simulator.vad import TurnParams
 from gateway.wire import evi_messages as evi
 
@@ -81,6 +83,9 @@ logger = logging.getLogger(__name__)
 CHAT_PATH = "/v0/evi/chat"  # §1.1
 MAX_MESSAGE_BYTES = 16 * 2**20  # §8: 16 MB per message
 UNAUTHORIZED_TEXT = "Websocket initialized with invalid credentials.\n"  # §1.3: what the SDK reports for 401
+TOO_MANY_TEXT = "Too many concurrent chat connections for this account.\n"
+TOKEN_PATH = "/oauth2-cc/token"  # §1.3
+UNKNOWN_CHAT_GROUP = ("E0720", "chat_group_not_found")  # the simulator's code: EVI's is unpublished (§11.6)
 
 
 class EviSimulator:
@@ -106,6 +111,9 @@ class EviSimulator:
         agent_config: AgentConfig | None = None,
         retain_closed_sessions: bool = True,
         record_audio: bool = True,
+        secret_key: str | None = None,
+        token_ttl_s: float = 1800.0,
+        max_sessions: int = 5,
     ) -> None:
         if output_rate_hz <= 0 or chunk_ms <= 0 or realtime_factor < 0:
             raise ValueError(
@@ -127,8 +135,14 @@ class EviSimulator:
         self.sessions: list[EviSession] = []
         self.connection_attempts = 0
         self.rejected_attempts = 0
-        self._tokens: set[str] = set()
-        self._server: Server | None = None
+        self.secret_key = secret_key
+        self.token_ttl_s = token_ttl_s
+        self.max_sessions = max_sessions
+        self.tokens_issued = 0
+        self.refused_busy = 0
+        self._tokens: dict[str, float] = {}  # access token → expiry (loop time)
+        self._groups: set[str] = set()
+        self._runner: web.AppRunner | None = None
         self._session_added = asyncio.Event()
         self._sessions_started = 0
 
@@ -144,42 +158,56 @@ class EviSimulator:
     @property
     def url(self) -> str:
         """``ws://host:port/v0/evi/chat`` of the running server."""
-        if self._server is None:
+        if self._runner is None:
             raise RuntimeError("EviSimulator is not started")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self.port}{CHAT_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port``: the REST base of the same server (``/oauth2-cc/token``)."""
+        return self.url.replace("ws://", "http://", 1).removesuffix(CHAT_PATH)
+
+    @property
+    def open_sessions(self) -> int:
+        """Chats connected now."""
+        return sum(1 for s in self.sessions if not s.closed.is_set())
 
     async def start(self) -> None:
         """Listen; with ``port=0`` the OS picks a free port (read it from ``port`` or ``url``).
 
         With an agent config the speech backends load first (ConfigError if a forced one is missing).
         """
-        if self._server is not None:
+        if self._runner is not None:
             return
         if self.voice_agent is not None:
             await self.voice_agent.prepare()
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            max_size=MAX_MESSAGE_BYTES,
-            logger=redacting_logger("gateway.simulator.evi"),
-        )
-        self.port = int(next(iter(self._server.sockets)).getsockname()[1])
+        app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[self._count_not_found])
+        app.router.add_get(CHAT_PATH, self._chat)
+        app.router.add_post(TOKEN_PATH, self._token)
+        if self.port:
+            self._runner = web.AppRunner(app, handle_signals=False)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        else:
+            self._runner, self.port = await serve_app(app, self.host)
 
     async def close(self) -> None:
         """Stop listening and close every open session (1001 going away)."""
-        if self._server is None:
+        if self._runner is None:
             return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
+        runner, self._runner = self._runner, None
+        open_now = [s for s in self.sessions if not s.closed.is_set()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(s.close(1001, "going away") for s in open_now), return_exceptions=True)
+        await runner.cleanup()
 
     def mint_access_token(self) -> str:
         """Mint a token this simulator accepts as ``access_token`` (§1.3), like Hume's OAuth endpoint."""
         token = secrets.token_urlsafe(24)
-        self._tokens.add(token)
+        self._tokens[token] = asyncio.get_running_loop().time() + self.token_ttl_s
+        self.tokens_issued += 1
         return token
 
     async def wait_session(self, index: int = 0, timeout_s: float = 5.0) -> EviSession:
@@ -192,41 +220,64 @@ class EviSimulator:
             raise TimeoutError(f"no EVI session #{index} within {timeout_s} s") from None
         return self.sessions[index]
 
-    def _authenticate(self, request: Request, query: dict[str, str]) -> AuthMethod | None:
+    @web.middleware
+    async def _count_not_found(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Requests for paths the simulator does not serve are refusals too (HTTP 404)."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            self.connection_attempts += 1
+            self.rejected_attempts += 1
+            raise
+
+    def _authenticate(self, headers: Mapping[str, str], query: Mapping[str, str]) -> AuthMethod | None:
         if self.api_key is None:
             return "none"
-        header = request.headers.get(evi.API_KEY_HEADER)
+        header = headers.get(evi.API_KEY_HEADER)
         if header is not None and hmac.compare_digest(header.encode(), self.api_key.encode()):
             return "header"
         key = query.get("api_key")
         if key is not None and hmac.compare_digest(key.encode(), self.api_key.encode()):
             return "query"
-        if query.get("access_token") in self._tokens:
+        expiry = self._tokens.get(query.get("access_token", ""))
+        if expiry is not None and asyncio.get_running_loop().time() < expiry:
             return "token"
         return None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.connection_attempts += 1
-        parts = urlsplit(request.path)
-        if parts.path != CHAT_PATH:
-            self.rejected_attempts += 1
-            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
-        if self._authenticate(request, dict(parse_qsl(parts.query, keep_blank_values=True))) is None:
-            self.rejected_attempts += 1
-            return connection.respond(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED_TEXT)
-        return None
+    async def _token(self, request: web.Request) -> web.Response:
+        """§1.3 ``POST /oauth2-cc/token``: basic auth with the API key and secret key, client-credentials grant."""
+        form = await request.post()
+        expected = base64.b64encode(f"{self.api_key}:{self.secret_key}".encode()).decode()
+        given = request.headers.get("Authorization", "")
+        if self.api_key is None or self.secret_key is None or not hmac.compare_digest(given, f"Basic {expected}"):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") != "client_credentials":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        token = self.mint_access_token()
+        ttl_s = round(self.token_ttl_s)
+        return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl_s})
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        assert ws.request is not None  # set by the handshake before the handler runs
-        query_pairs = parse_qsl(urlsplit(ws.request.path).query, keep_blank_values=True)
-        auth = self._authenticate(ws.request, dict(query_pairs)) or "none"
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.connection_attempts += 1
+        query_pairs = parse_qsl(request.query_string, keep_blank_values=True)
+        auth = self._authenticate(request.headers, dict(query_pairs))
+        if auth is None:
+            self.rejected_attempts += 1
+            return web.Response(status=HTTPStatus.UNAUTHORIZED, text=UNAUTHORIZED_TEXT)
+        if self.open_sessions >= self.max_sessions:
+            # §8: an account holds 5 chats at once by default; more are refused before the upgrade.
+            self.rejected_attempts += 1
+            self.refused_busy += 1
+            return web.Response(status=HTTPStatus.TOO_MANY_REQUESTS, text=TOO_MANY_TEXT)
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
+        await ws.prepare(request)
         session = EviSession(
             self,
-            ws,
+            ChatSocket(ws, request),
             self._sessions_started,
             auth,
             query_pairs,
-            ws.request.headers,
+            request.headers,
             listening=self.voice_agent is not None,
         )
         self._sessions_started += 1
@@ -234,10 +285,16 @@ class EviSimulator:
         self._session_added.set()
         self._session_added = asyncio.Event()
         try:
-            await session.run(self.agent)
+            resumed = session.resumed_chat_group_id
+            if resumed is not None and resumed not in self._groups:
+                await session.refuse(*UNKNOWN_CHAT_GROUP, f"no chat group {resumed!r} to resume")
+            else:
+                self._groups.add(session.chat_group_id)
+                await session.run(self.agent)
         finally:
             if not self.retain_closed_sessions:
                 self.sessions.remove(session)
+        return ws
 
 
 async def serve_simulator(
@@ -248,10 +305,14 @@ async def serve_simulator(
     *,
     agent: Agent | None = None,
     on_ready: Callable[[EviSimulator], None] | None = None,
+    secret_key: str | None = None,
+    max_sessions: int = 5,
 ) -> None:
     """Run an EVI simulator until cancelled (``gateway simulate-evi``); closed sessions and audio are not kept."""
     async with EviSimulator(
         api_key=api_key,
+        secret_key=secret_key,
+        max_sessions=max_sessions,
         host=host,
         port=port,
         agent=agent,
@@ -275,6 +336,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=8765, help="listen port, 0 = any free port (default 8765)")
     add("--api-key", default="test-key", help="key clients must send as X-Hume-Api-Key or api_key (default test-key)")
     add("--no-auth", action="store_true", help="accept clients without a key")
+    add("--secret-key", help="with the API key: serve access tokens at POST /oauth2-cc/token (client credentials)")
+    add("--max-sessions", type=int, default=5, help="chats open at once; more get HTTP 429 (EVI's default: 5)")
     add("--silent", action="store_true", help="no agent: sessions only record what they receive")
     add("--agent-script", metavar="PATH", help="agent script TOML (default: the bundled config/agent.example.toml)")
     add("--cheap", action="store_true", help="no speech recognition or synthesis (durations and tones; load tests)")
@@ -347,7 +410,16 @@ def simulate_evi_main(argv: Sequence[str]) -> int:
     api_key = None if args.no_auth else args.api_key
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_simulator(args.host, args.port, api_key, config, on_ready=ready))
+            serving = serve_simulator(
+                args.host,
+                args.port,
+                api_key,
+                config,
+                on_ready=ready,
+                secret_key=args.secret_key,
+                max_sessions=args.max_sessions,
+            )
+            asyncio.run(serving)
     except ConfigError as exc:
         print(f"gateway simulate-evi: {exc}", file=sys.stderr)
         return 2

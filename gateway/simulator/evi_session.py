@@ -33,17 +33,14 @@ import random
 import re
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
-
-from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 
 from gateway.codecs.g711 import require_pcm16
 from gateway.errors import AudioFormatError, SessionClosedError, UpstreamProtocolError
 from gateway.ids import ResponseId
+from gateway.simulator.chat_socket import ChatSocket
 from gateway.simulator.wavgen import wav_bytes
 from gateway.wire import evi_messages as evi
 from gateway.wire.evi_messages import ClientMessage, UnknownMessage
@@ -214,11 +211,11 @@ class EviSession:
     def __init__(
         self,
         host: SessionHost,
-        ws: ServerConnection,
+        ws: ChatSocket,
         index: int,
         auth: AuthMethod,
         query_pairs: list[tuple[str, str]],
-        headers: Headers,
+        headers: Mapping[str, str],
         *,
         listening: bool = False,
     ) -> None:
@@ -332,13 +329,13 @@ class EviSession:
             )
             if agent is not None:
                 agent_task = asyncio.create_task(self._run_agent(agent))
-            async for frame in self._ws:
+            async for frame in self._ws.frames():
                 if isinstance(frame, bytes):
                     await self._on_binary(frame)
                 else:
                     await self._on_text(frame)
                 self._notify()
-        except ConnectionClosed:
+        except SessionClosedError:
             pass
         finally:
             self.close_code = self._ws.close_code
@@ -355,7 +352,7 @@ class EviSession:
     async def _run_agent(self, agent: Agent) -> None:
         try:
             await agent(self)
-        except (ConnectionClosed, SessionClosedError):
+        except SessionClosedError:
             pass
         except Exception:
             logger.exception("EVI simulator agent failed in session #%d; closing it", self.index)
@@ -453,9 +450,20 @@ class EviSession:
         await self._ws.close(code, reason)
         await self.closed.wait()
 
+    async def refuse(self, code: str, slug: str, message: str, close_code: int = 1008) -> None:
+        """Answer a connection that cannot become a chat: an ``error``, then a close (no ``chat_metadata``)."""
+        try:
+            await self.send_error(code, slug, message)
+            await self._ws.close(close_code, slug)
+        except SessionClosedError:
+            pass
+        self.close_code, self.close_reason = self._ws.close_code, self._ws.close_reason
+        self.closed.set()
+        self._notify()
+
     def drop(self) -> None:
         """Abort the TCP connection without a close frame (the client sees 1006)."""
-        self._ws.transport.abort()
+        self._ws.drop()
 
     # -- scripted speech (§3 typical turn, §4.2, §5) --------------------------------------------------
 
@@ -543,7 +551,7 @@ class EviSession:
                 await self._send(evi.AssistantProsody(id=rid, models=fake_prosody(rid)))
                 if plan.end_turn:
                     await self._send(evi.AssistantEnd())
-        except ConnectionClosed:
+        except SessionClosedError:
             speech.outcome = "closed"
 
     async def wait_said(self, response_id: ResponseId, timeout_s: float = 10.0) -> SpeechResult:
