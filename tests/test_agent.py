@@ -246,6 +246,10 @@ def test_sentence_split_keeps_every_word(words: list[str]) -> None:
         ("[[rules]]\nreply = 'x'\npattern = '(unclosed'", "'rules[0].pattern'"),
         ("[[rules]]\nreply = 'x'\nkeywords = ['a']\nhang_up = 'yes'", "'rules[0].hang_up'"),
         ("[[rules]]\nreply = 'x'\nkeywords = ['a']\nmood = 1", "'rules[0].mood'"),
+        ("[[rules]]\nreply = 'x'\nkeywords = ['a']\narguments = {a = 1}", "'rules[0].arguments' needs"),
+        ("[[rules]]\nreply = 'x'\nkeywords = ['a']\ntool = 'no spaces allowed'", "'rules[0].tool'"),
+        ("[[rules]]\nreply = 'It is {tool_result}'\nkeywords = ['a']", "{tool_result}"),
+        ("[agent]\nmax_duration_message = 'Bye {turns}'", "{turns}"),
         (
             "[[rules]]\nname = 'a'\nreply = 'x'\nkeywords = ['a']\n[[rules]]\nname = 'a'\nreply = 'y'\npattern = 'b'",
             "a",
@@ -464,12 +468,6 @@ async def test_user_activity_postpones_the_inactivity_warning() -> None:
     assert texts(warning)[0] == "Are you still there?" and code == 1000
 
 
-async def test_max_duration_closes_the_chat() -> None:
-    """After max_duration_s the chat closes with 1000 max_duration_timeout."""
-    async with agent_sim(max_duration_s=0.3) as sim, chat(sim) as (client, _):
-        assert await client.closed() == (1000, "max_duration_timeout")
-
-
 async def test_cheap_mode_uses_no_speech_backends() -> None:
     """Cheap mode hears durations and speaks tones as long as the reply's text would take."""
     speech = bytes(3200) + speechlike_pcm16(1000, 8000, seed=5) + bytes(9600)
@@ -539,8 +537,9 @@ async def test_stall_mid_response_stops_after_n_chunks() -> None:
     assert [m["type"] for m in between] == ["user_message"]
 
 
-async def test_tool_results_and_bad_input_are_handled() -> None:
-    """tool_response and tool_error are recorded; malformed frames get E0100/E0101/E0201 and the chat goes on."""
+async def test_answers_to_no_tool_call_and_bad_input_get_errors() -> None:
+    """A tool_response or tool_error for a call the chat never made is refused (unknown_tool_call); malformed
+    frames get E0100/E0101/E0201; the chat goes on."""
     async with agent_sim() as sim, chat(sim) as (client, _):
         session = await sim.wait_session()
         await client.until("assistant_end")
@@ -549,14 +548,60 @@ async def test_tool_results_and_bad_input_are_handled() -> None:
         await client.ws.send("not json")
         await client.send({"type": "user_input"})
         await client.send({"type": "audio_input", "data": "@@"})
-        errors = [(await client.until("error"))[-1]["code"] for _ in range(3)]
+        errors = [(await client.until("error"))[-1] for _ in range(5)]
         await client.send({"type": "user_input", "text": "hello"})
         await client.until("assistant_end")
-        conversation = sim.voice_agent.conversations[session.chat_group_id] if sim.voice_agent else None
-    assert errors == ["E0100", "E0101", "E0201"]
-    assert [type(m) for m in session.received[:2]] == [ToolResponseMessage, ToolErrorMessage]
-    assert conversation is not None and ("tool", "42") in conversation.history
-    assert ("tool", "sorry") in conversation.history
+    assert [(e["code"], e["slug"]) for e in errors] == [
+        ("E0101", "unknown_tool_call"),
+        ("E0101", "unknown_tool_call"),
+        ("E0100", "invalid_json"),
+        ("E0101", "invalid_message"),
+        ("E0201", "invalid_base64"),
+    ]
+    assert not any(isinstance(m, ToolResponseMessage | ToolErrorMessage) for m in session.received)
+
+
+@pytest.mark.parametrize(
+    ("answer", "spoken"),
+    [
+        ({"type": "tool_response", "content": "Your order ships on Friday."}, ["Your order ships on Friday."]),
+        (
+            {"type": "tool_error", "error": "down", "content": "The order system is down."},
+            ["The order system is down."],
+        ),
+        (None, ["Sorry, I could not get an answer from our systems."]),
+    ],
+    ids=["response", "error", "timeout"],
+)
+async def test_a_tool_rule_calls_the_tool_and_says_its_result(answer: dict[str, Any] | None, spoken: list[str]) -> None:
+    """A script rule with a tool sends a function tool_call with its arguments, waits (bounded) for the answer,
+    then says the result, the error's content, or that nothing came."""
+    async with agent_sim(tool_timeout_s=0.5) as sim, chat(sim) as (client, _):
+        session = await sim.wait_session()
+        await client.until("assistant_end")
+        await client.send({"type": "user_input", "text": "What is my order status?"})
+        call = (await client.until("tool_call"))[-1]
+        assert (call["name"], json.loads(call["parameters"]), call["tool_type"]) == (
+            "lookup_order",
+            {"order_id": "A17"},
+            "function",
+        )
+        assert call["response_required"] is True
+        if answer is not None:
+            await client.send({**answer, "tool_call_id": call["tool_call_id"]})
+        reply = await client.until("assistant_end")
+    assert texts(reply) == spoken
+    assert session.awaiting_tools == (set() if answer is not None else {call["tool_call_id"]})
+
+
+async def test_max_duration_says_its_line_then_closes() -> None:
+    """At max_duration_s the script's max_duration_message is spoken (EVI's on_max_duration_timeout), then the
+    chat closes with 1000 max_duration_timeout."""
+    async with agent_sim(max_duration_s=0.5) as sim, chat(sim) as (client, _):
+        await client.until("assistant_end")
+        goodbye = await client.until("assistant_end")
+        assert texts(goodbye) == ["We have reached the time limit for this call.", "Goodbye."]
+        assert await client.closed() == (1000, "max_duration_timeout")
 
 
 async def test_serve_simulator_runs_the_agent() -> None:

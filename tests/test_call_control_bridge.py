@@ -15,7 +15,9 @@ import pytest
 
 from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.errors import DialError
-from gateway.simulator.caller import CallerConfig, TwilioCaller
+from gateway.simulator.agent_config import AgentConfig
+from gateway.simulator.agent_script import parse_agent_script
+from gateway.simulator.caller import CallerConfig, SendDtmf, TwilioCaller
 from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.tool_server import ToolBehaviour, ToolServer
@@ -247,3 +249,48 @@ async def test_admin_routes_are_off_without_a_token(tmp_path: Path) -> None:
         resp = await http.get(gw.base_url + "/calls")
         assert resp.status == 404
         resp.release()
+
+
+TOOL_SCRIPT = """
+[agent]
+greeting = ""
+[[rules]]
+name = "order by keypad"
+pattern = "keypad 5"
+tool = "lookup_order"
+arguments = { order_id = "A17" }
+reply = "Here is what I found: {tool_result}"
+"""
+
+
+async def test_the_agents_tool_call_is_answered_by_the_endpoint_and_heard(tmp_path: Path) -> None:
+    """The EVI agent calls a function tool (a keypress made the caller's turn); the gateway runs it against the
+    tool server and the agent speaks the answer, which the caller hears."""
+    config = AgentConfig(
+        script=parse_agent_script(TOOL_SCRIPT), cheap=True, inactivity_timeout_s=None, realtime_factor=0.0
+    )
+    behaviours = {"lookup_order": ToolBehaviour(content="it ships on Friday")}
+    async with (
+        EviSimulator(agent_config=config) as sim,
+        ToolServer(SECRET, behaviours) as tools,
+    ):
+        path = numbers_file(tmp_path, tools)
+        async with (
+            running_gateway(sim.url, numbers_file=str(path), tool_signing_secret=SECRET.decode()) as gw,
+            TwilioCaller(caller_config(gw)) as caller,
+        ):
+            await caller.dial()
+            session = await sim.wait_session()
+            await session.wait_message("session_settings")
+            caller.send(SendDtmf("5"))
+            answer = await session.wait_message("tool_response", 5)
+            assert answer.content == "it ships on Friday"  # type: ignore[union-attr]
+            assert await caller.wait_for(lambda r: r.heard_audio_ms > 500, 10)
+            assert [c.body["parameters"] for c in tools.calls] == [{"order_id": "A17"}]
+            assert any("it ships on Friday" in text for role, text in _history(sim, session))
+            await caller.hang_up()
+
+
+def _history(sim: EviSimulator, session: EviSession) -> list[tuple[str, str]]:
+    assert sim.voice_agent is not None
+    return list(sim.voice_agent.conversations[session.chat_group_id].history)

@@ -1,7 +1,8 @@
 """The offline EVI-compatible voice agent that the simulator runs per chat (evi-protocol.md §1.4–§8).
 
-Owns :class:`AgentConfig` (script, turn detection, output format, event timeouts, fault injection) and
-:class:`VoiceAgent`, the ``agent`` hook of ``EviSimulator``: it listens to each session's audio with the
+Owns :class:`VoiceAgent`, the ``agent`` hook of ``EviSimulator``, configured by
+:class:`~gateway.simulator.agent_config.AgentConfig` (script, turn detection, output format, event timeouts,
+fault injection): it listens to each session's audio with the
 turn detector (``vad.py``), transcribes utterances (``voice.py``, off the event loop), answers from the
 :class:`~gateway.simulator.agent_script.AgentScript`, and speaks through the session's ``say``. Per chat group
 it keeps the conversation, so a chat opened with ``resumed_chat_group_id`` carries on where it stopped (§7).
@@ -13,12 +14,18 @@ Behaviour where EVI's is unconfirmed (§5, §6, §8, §11), as chosen here:
 - ``pause_assistant_message`` stops the response in flight silently (no interruption, no end); ``user_input``
   during a response queues its answer after it; ``assistant_input`` while paused is dropped, and so is the
   inactivity warning (the inactivity close still comes).
-- ``user_message.time`` and ``user_interruption.time`` are ms since the chat started; audio positions are
+- ``user_message.time`` is ms since the chat started, ``user_interruption.time`` a Unix time in ms (as the
+  SDK documents it); audio positions are
   counted from the first caller audio (the turn detector runs on audio time, so audio may come faster than
   real time). An utterance with no recognised words sends no ``user_message``. If the caller's audio stops
   mid-utterance, the end-of-turn silence is assumed after ``end_of_turn_silence_ms`` of wall time.
 - Farewell: the goodbye turn ends with ``assistant_end``, then ``tool_call`` ``hang_up`` (builtin, no
   response required), then the close. Close codes: every scripted end is 1000 with the reasons below.
+- Function tools (§6): a rule with ``tool`` sends a ``tool_call`` (``response_required``) and waits up to
+  ``tool_timeout_s`` for the client's ``tool_response`` or ``tool_error``, then speaks its reply with
+  ``{tool_result}`` (the content, the error's content, or a sentence saying the tool did not answer).
+- At the maximum duration the script's ``max_duration_message`` is spoken (EVI's
+  ``on_max_duration_timeout`` event message), then the chat closes.
 
 =========================  ====  ================================================================
 reason                     code  when
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -44,9 +52,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.errors import ConfigError, SessionClosedError
-from gateway.simulator.agent_script import AgentScript, fill, load_agent_script, split_sentences
+from gateway.simulator.agent_config import OUTPUT_RATES_HZ, AgentConfig
+from gateway.simulator.agent_script import fill, split_sentences
 from gateway.simulator.evi_session import AudioChunk, DeclaredAudio, EviSession, fake_prosody
-from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector, TurnParams
+from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector
 from gateway.simulator.voice import DurationRecognizer, Recognizer, Synthesizer, make_recognizer, make_synthesizer
 from gateway.simulator.wavgen import tone_pcm16
 from gateway.wire import evi_messages as evi
@@ -55,8 +64,6 @@ __all__ = ["OUTPUT_RATES_HZ", "AgentConfig", "Conversation", "VoiceAgent"]
 
 log = logging.getLogger(__name__)
 
-OUTPUT_RATES_HZ = (24000, 48000)
-"""evi-protocol.md §4.2: EVI's audio_output is 48 kHz as documented or 24 kHz as observed."""
 HANG_UP_TOOL = "hang_up"
 _CHEAP_MS_PER_CHAR = 65  # about eSpeak's 170 words per minute
 _CHEAP_TONE_HZ = 220.0
@@ -69,68 +76,6 @@ _Step = Callable[[], Awaitable[None]]
 @functools.lru_cache(maxsize=128)
 def _cheap_speech(duration_ms: int, rate_hz: int) -> bytes:
     return tone_pcm16(_CHEAP_TONE_HZ, duration_ms, rate_hz, amplitude=0.2)
-
-
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ConfigError(f"agent {name} must be positive, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """How the simulated agent behaves; ConfigError on values it cannot honour.
-
-    ``realtime_factor`` paces audio: 0.5 sends each second of speech in half a second (EVI generates faster
-    than real time, §4.2), 0 as fast as possible. ``cheap`` uses no speech backends at all: utterances are
-    "transcribed" as their duration and replies are a tone as long as the reply would take to say.
-    Timeouts of ``None`` are off. The fault options act once per chat, timed from its start, except
-    ``delay_first_audio_ms`` and ``stall_mid_response`` (chunks sent before stopping), which act on every
-    response.
-    """
-
-    script: AgentScript = field(default_factory=load_agent_script)
-    turn: TurnParams = field(default_factory=TurnParams)
-    output_rate_hz: int = 24000
-    chunk_ms: int = 200
-    realtime_factor: float = 0.5
-    synthesizer: str = "auto"
-    recognizer: str = "auto"
-    cheap: bool = False
-    interim_interval_ms: int = 500
-    inactivity_timeout_s: float | None = 120.0
-    inactivity_grace_s: float = 15.0
-    max_duration_s: float | None = 1800.0
-    assistant_end_after_interruption: bool = False
-    delay_first_audio_ms: float = 0.0
-    stall_mid_response: int | None = None
-    close_after_s: float | None = None
-    close_code: int = 1011
-    error_after_s: float | None = None
-    error_code: str = "I0100"
-    drop_after_s: float | None = None
-    history_limit: int = 300
-    max_chat_groups: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.output_rate_hz not in OUTPUT_RATES_HZ:
-            raise ConfigError(f"agent output_rate_hz must be 24000 or 48000, got {self.output_rate_hz}")
-        if not 10 <= self.chunk_ms <= 2000:
-            raise ConfigError(f"agent chunk_ms must be 10-2000, got {self.chunk_ms}")
-        if self.realtime_factor < 0:
-            raise ConfigError(f"agent realtime_factor must be >= 0, got {self.realtime_factor}")
-        if self.interim_interval_ms < 100:
-            raise ConfigError(f"agent interim_interval_ms must be >= 100, got {self.interim_interval_ms}")
-        for name in ("inactivity_timeout_s", "max_duration_s", "close_after_s", "error_after_s", "drop_after_s"):
-            _positive(name, getattr(self, name))
-        _positive("inactivity_grace_s", self.inactivity_grace_s)
-        if self.delay_first_audio_ms < 0:
-            raise ConfigError(f"agent delay_first_audio_ms must be >= 0, got {self.delay_first_audio_ms}")
-        if self.stall_mid_response is not None and self.stall_mid_response < 0:
-            raise ConfigError(f"agent stall_mid_response must be >= 0 chunks, got {self.stall_mid_response}")
-        if not (self.close_code in (1000, 1001, 1008, 1011) or 3000 <= self.close_code <= 4999):
-            raise ConfigError(f"agent close_code must be 1000, 1001, 1008, 1011 or 3000-4999, got {self.close_code}")
-        if self.history_limit < 1 or self.max_chat_groups < 1:
-            raise ConfigError("agent history_limit and max_chat_groups must be at least 1")
 
 
 @dataclass(slots=True)
@@ -212,6 +157,7 @@ class _AgentRun:
         self.utterance_start_ms: float | None = None
         self.next_interim_ms = 0.0
         self.interim_task: asyncio.Task[None] | None = None
+        self.tool_answers: dict[str, asyncio.Future[str]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -219,7 +165,7 @@ class _AgentRun:
         cfg = self.cfg
         session = self.session
         timers: list[tuple[float | None, _Step]] = [
-            (cfg.max_duration_s, functools.partial(session.close, 1000, "max_duration_timeout")),
+            (cfg.max_duration_s, self._max_duration),
             (cfg.close_after_s, functools.partial(session.close, cfg.close_code, "simulated close")),
             (cfg.error_after_s, functools.partial(session.send_error, cfg.error_code, "simulated_error", "Simulated.")),
             (cfg.drop_after_s, self._drop),
@@ -301,11 +247,11 @@ class _AgentRun:
                 case evi.ResumeAssistantMessage():
                     self._resume()
                 case evi.ToolResponseMessage():
-                    self._remember("tool", item.content)
-                    log.info("EVI agent: tool_response for %s recorded", item.tool_call_id)
+                    self._tool_answered(item.tool_call_id, item.content)
+                    log.info("EVI agent: tool_response for %s", item.tool_call_id)
                 case evi.ToolErrorMessage():
-                    self._remember("tool", item.content or item.error)
-                    log.info("EVI agent: tool_error for %s recorded: %s", item.tool_call_id, item.error)
+                    self._tool_answered(item.tool_call_id, item.content or item.error)
+                    log.info("EVI agent: tool_error for %s: %s", item.tool_call_id, item.error)
                 case _:
                     pass
 
@@ -462,9 +408,47 @@ class _AgentRun:
         self._answer(text, last_user)
 
     def _answer(self, text: str, last_user: str | None) -> None:
-        reply = self.cfg.script.reply_to(text, last_user=last_user, turns=self.conversation.user_turns)
+        turns = self.conversation.user_turns
+        reply = self.cfg.script.reply_to(text, last_user=last_user, turns=turns)
+        if reply.tool is not None:
+            fill_in = functools.partial(fill, reply.template, text, last_user, turns)
+            step = functools.partial(self._call_tool, reply.tool, dict(reply.arguments or {}), fill_in, reply.hang_up)
+            self._background(step)
+            return
         self._remember("assistant", " ".join(reply.sentences))
         self._respond(reply.sentences, hang_up=reply.hang_up)
+
+    async def _call_tool(
+        self, name: str, arguments: dict[str, object], reply: Callable[..., tuple[str, ...]], hang_up: bool
+    ) -> None:
+        """§6: send a function tool_call, wait for its answer (bounded), then say the reply with the result."""
+        tool_call_id = f"toolu_{uuid.uuid4().hex[:20]}"
+        answer = self.loop.create_future()
+        self.tool_answers[tool_call_id] = answer
+        self._remember("tool", name)
+        message = evi.ToolCallMessage(
+            name=name,
+            parameters=json.dumps(arguments),
+            tool_call_id=tool_call_id,
+            response_required=True,
+            tool_type="function",
+        )
+        await self.session.send_message(message)
+        try:
+            result = await asyncio.wait_for(answer, self.cfg.tool_timeout_s)
+        except TimeoutError:
+            result = "Sorry, I could not get an answer from our systems."
+        finally:
+            self.tool_answers.pop(tool_call_id, None)
+        sentences = reply(tool_result=result) or ("Done.",)
+        self._remember("assistant", " ".join(sentences))
+        self._respond(sentences, hang_up=hang_up)
+
+    def _tool_answered(self, tool_call_id: str, content: str) -> None:
+        self._remember("tool", content)
+        answer = self.tool_answers.get(tool_call_id)
+        if answer is not None and not answer.done():
+            answer.set_result(content)
 
     def _remember(self, role: str, text: str) -> None:
         history = self.conversation.history
@@ -584,6 +568,16 @@ class _AgentRun:
         self.interruptions += 1
         await self._stop_responses()
         await self.session.interrupt(then_assistant_end=self.cfg.assistant_end_after_interruption)
+
+    async def _max_duration(self) -> None:
+        # §8: with on_max_duration_timeout on, EVI says its line before the chat ends.
+        line = fill(self.cfg.script.max_duration_message)
+        await self._stop_responses()
+        if line and not self.paused:
+            self._remember("assistant", " ".join(line))
+            self._respond(line)
+            await asyncio.wait(self.responses)
+        await self.session.close(1000, "max_duration_timeout")
 
     async def _hang_up(self) -> None:
         # §6: the built-in hang_up tool; the socket closes once the goodbye's audio has been sent.

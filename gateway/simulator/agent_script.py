@@ -40,8 +40,9 @@ _NOTHING_YET = "nothing yet"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _WORD = re.compile(r"[\w']+")
 
-_AGENT_KEYS = frozenset({"greeting", "resume_greeting", "inactivity_warning", "fallback"})
-_RULE_KEYS = frozenset({"name", "keywords", "pattern", "reply", "hang_up"})
+_AGENT_KEYS = frozenset({"greeting", "resume_greeting", "inactivity_warning", "max_duration_message", "fallback"})
+_RULE_KEYS = frozenset({"name", "keywords", "pattern", "reply", "hang_up", "tool", "arguments"})
+_TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 _TOP_KEYS = frozenset({"agent", "recognizer", "rules"})
 
 
@@ -63,6 +64,9 @@ class ScriptRule:
     keywords: tuple[tuple[str, ...], ...] = ()
     pattern: re.Pattern[str] | None = None
     hang_up: bool = False
+    tool: str | None = None
+    """A function tool to call first (docs/evi-protocol.md §6); the reply then says its result."""
+    arguments: Mapping[str, Any] | None = None
 
     def matches(self, transcript: str) -> bool:
         """Whether this rule answers ``transcript`` (case-insensitive)."""
@@ -83,6 +87,10 @@ class ScriptReply:
     sentences: tuple[str, ...]
     rule: str
     hang_up: bool
+    tool: str | None = None
+    arguments: Mapping[str, Any] | None = None
+    template: str = ""
+    """The reply before filling, for a tool rule whose ``{tool_result}`` is known only later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class AgentScript:
     greeting: str
     resume_greeting: str
     inactivity_warning: str
+    max_duration_message: str
     fallback: str
     rules: tuple[ScriptRule, ...]
     phrases: tuple[str, ...] | None
@@ -101,13 +110,22 @@ class AgentScript:
         """The reply of the first matching rule, or the fallback, with its placeholders filled in."""
         for rule in self.rules:
             if rule.matches(transcript):
+                if rule.tool is not None:
+                    return ScriptReply((), rule.name, rule.hang_up, rule.tool, rule.arguments, rule.reply)
                 return ScriptReply(fill(rule.reply, transcript, last_user, turns), rule.name, rule.hang_up)
         return ScriptReply(fill(self.fallback, transcript, last_user, turns), "fallback", False)
 
 
-def fill(template: str, transcript: str = "", last_user: str | None = None, turns: int = 0) -> tuple[str, ...]:
+def fill(
+    template: str, transcript: str = "", last_user: str | None = None, turns: int = 0, tool_result: str = ""
+) -> tuple[str, ...]:
     """A validated template with its placeholders filled in, cut into sentences."""
-    fields = {"transcript": transcript.strip(), "last_user": last_user or _NOTHING_YET, "turns": str(turns)}
+    fields = {
+        "transcript": transcript.strip(),
+        "last_user": last_user or _NOTHING_YET,
+        "turns": str(turns),
+        "tool_result": tool_result,
+    }
     return tuple(split_sentences(template.format_map(fields)))
 
 
@@ -161,6 +179,9 @@ def parse_agent_script(text: str, source: str = "<string>") -> AgentScript:
             source, "agent.resume_greeting", agent.get("resume_greeting", ""), fields=frozenset({"last_user", "turns"})
         ),
         inactivity_warning=warning,
+        max_duration_message=_template(
+            source, "agent.max_duration_message", agent.get("max_duration_message", ""), fields=frozenset()
+        ),
         fallback=fallback,
         rules=rules,
         phrases=tuple(phrases) or None,
@@ -215,7 +236,9 @@ def _rule(source: str, index: int, raw: object) -> ScriptRule:
         raise ConfigError(f"agent script {source}: '{where}.name' must be a non-empty string")
     if "reply" not in table:
         raise ConfigError(f"agent script {source}: '{where}.reply' is missing")
-    reply = _template(source, f"{where}.reply", table["reply"])
+    tool, arguments = _tool(source, where, table)
+    fields = PLACEHOLDERS | {"tool_result"} if tool is not None else PLACEHOLDERS
+    reply = _template(source, f"{where}.reply", table["reply"], fields=fields)
     if not split_sentences(reply):
         raise ConfigError(f"agent script {source}: '{where}.reply' must not be empty")
     keywords = tuple(_words(k) for k in _strings(source, f"{where}.keywords", table.get("keywords", [])))
@@ -237,4 +260,27 @@ def _rule(source: str, index: int, raw: object) -> ScriptRule:
     hang_up = table.get("hang_up", False)
     if not isinstance(hang_up, bool):
         raise ConfigError(f"agent script {source}: '{where}.hang_up' must be true or false")
-    return ScriptRule(name=name.strip(), reply=reply, keywords=keywords, pattern=pattern, hang_up=hang_up)
+    return ScriptRule(
+        name=name.strip(),
+        reply=reply,
+        keywords=keywords,
+        pattern=pattern,
+        hang_up=hang_up,
+        tool=tool,
+        arguments=arguments,
+    )
+
+
+def _tool(source: str, where: str, table: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None]:
+    """A rule's ``tool`` (a function tool name) and its ``arguments`` table."""
+    tool = table.get("tool")
+    if tool is None:
+        if "arguments" in table:
+            raise ConfigError(f"agent script {source}: '{where}.arguments' needs '{where}.tool'")
+        return None, None
+    if not isinstance(tool, str) or not _TOOL_NAME.match(tool):
+        raise ConfigError(f"agent script {source}: '{where}.tool' must be a tool name (letters, digits, _ or -)")
+    arguments = table.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise ConfigError(f"agent script {source}: '{where}.arguments' must be a table")
+    return tool, arguments

@@ -17,6 +17,7 @@ E0101  invalid_message               valid JSON but not a valid message (no ``ty
 E0200  audio_format_not_declared     audio before any ``session_settings.audio`` (query or message);
                                      §4.1: raw PCM with no declared format is not parseable media
 E0201  invalid_base64                ``audio_input.data`` is not base64
+E0101  unknown_tool_call             ``tool_response``/``tool_error`` for no function call this chat awaits
 =====  ============================  ==============================================================
 
 An unknown ``type`` is recorded and ignored (what EVI does is unconfirmed; docs/design.md "Conventions": never fatal).
@@ -31,6 +32,7 @@ import json
 import logging
 import random
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -48,6 +50,7 @@ from gateway.wire.evi_messages import ClientMessage, UnknownMessage
 __all__ = [
     "AUDIO_NOT_DECLARED",
     "INVALID_BASE64",
+    "UNKNOWN_TOOL_CALL",
     "INVALID_JSON",
     "INVALID_MESSAGE",
     "Agent",
@@ -102,6 +105,7 @@ AUDIO_NOT_DECLARED = ErrorKind(
     "(encoding, sample_rate, channels) first.",
 )
 INVALID_BASE64 = ErrorKind("E0201", "invalid_base64", "audio_input.data is not valid base64.")
+UNKNOWN_TOOL_CALL = ErrorKind("E0101", "unknown_tool_call", "No tool call with this tool_call_id awaits an answer.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,8 @@ class EviSession:
         self.undeclared_audio_chunks = 0
         self.assistant_paused = False
         self.errors_sent: list[evi.WebSocketError] = []
+        self.awaiting_tools: set[str] = set()
+        """Function tool calls sent and not yet answered (§6)."""
         self.sent_counts: Counter[str] = Counter()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
@@ -384,6 +390,17 @@ class EviSession:
                 self.received.append(message)
             await self._on_audio(pcm)
             return
+        if isinstance(message, evi.ToolResponseMessage | evi.ToolErrorMessage):
+            # §6: an answer must name a function call this chat sent and has not had answered.
+            if message.tool_call_id not in self.awaiting_tools:
+                await self._reject(UNKNOWN_TOOL_CALL, f"no tool call {message.tool_call_id!r} awaits an answer")
+                return
+            self.awaiting_tools.discard(message.tool_call_id)
+        self._record(message)
+        self._publish(message)
+
+    def _record(self, message: ClientMessage | UnknownMessage) -> None:
+        """Keep an accepted client message and what it declares."""
         self.received.append(message)
         if isinstance(message, evi.SessionSettings):
             self.session_settings.append(message)
@@ -400,7 +417,6 @@ class EviSession:
             self.assistant_paused = isinstance(message, evi.PauseAssistantMessage)
         elif isinstance(message, UnknownMessage):
             logger.info("EVI simulator session #%d ignored unknown message type %r", self.index, message.type)
-        self._publish(message)
 
     async def _on_binary(self, frame: bytes) -> None:
         # §2.1: the official microphone clients send raw audio as binary frames in the declared format.
@@ -424,6 +440,8 @@ class EviSession:
         # §2.2: a custom_session_id set by the client is echoed on server messages.
         if self.custom_session_id is not None and getattr(message, "custom_session_id", "") is None:
             message = message.model_copy(update={"custom_session_id": self.custom_session_id})
+        if isinstance(message, evi.ToolCallMessage) and message.tool_type == "function" and message.response_required:
+            self.awaiting_tools.add(message.tool_call_id)
         text = message.to_json()
         self.sent_counts[str(getattr(message, "type", "?"))] += 1
         await self._ws.send(text)
@@ -597,6 +615,7 @@ class EviSession:
         optional here.
         """
         await self.stop_speech()
-        await self._send(evi.UserInterruption(time=self.elapsed_ms()))
+        # The SDK documents user_interruption.time as a Unix timestamp (ms): when the interruption was detected.
+        await self._send(evi.UserInterruption(time=int(time.time() * 1000)))
         if then_assistant_end:
             await self._send(evi.AssistantEnd())
