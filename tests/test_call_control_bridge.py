@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ import pytest
 from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.errors import DialError
 from gateway.simulator.agent_config import AgentConfig
-from gateway.simulator.agent_script import parse_agent_script
+from gateway.simulator.agent_script import parse_agent_script, split_sentences
 from gateway.simulator.caller import CallerConfig, SendDtmf, TwilioCaller
 from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
+from gateway.simulator.loopback import free_port
 from gateway.simulator.tool_server import ToolBehaviour, ToolServer
 from gateway.simulator.twilio_rest import FakeTwilioRest
 from gateway.simulator.wavgen import speechlike_pcm16
@@ -50,6 +52,9 @@ timeout_s = 0.3
 [[tool]]
 name = "broken"
 url = "{tools.url("broken")}"
+[[tool]]
+name = "offline"
+url = "http://127.0.0.1:{free_port()}/tools/offline"
 """,
         encoding="utf-8",
     )
@@ -107,10 +112,11 @@ async def test_function_tools_are_answered_from_the_tool_server(tmp_path: Path) 
     tool_error (with something to say) on timeout, HTTP 500 and an unknown tool."""
     async with call_center(tmp_path) as (gw, sim, tools), TwilioCaller(caller_config(gw)) as caller:
         session = await connected(caller, sim)
-        for name, call_id in (("lookup_order", "t1"), ("slow", "t2"), ("broken", "t3"), ("weather", "t4")):
+        calls = (("lookup_order", "t1"), ("slow", "t2"), ("broken", "t3"), ("weather", "t4"), ("offline", "t5"))
+        for name, call_id in calls:
             await session.send_message(tool_call(name, {"order_id": "A17"}, call_id))
         answers: dict[str, Any] = {}
-        for kind, count in (("tool_response", 1), ("tool_error", 3)):
+        for kind, count in (("tool_response", 1), ("tool_error", 4)):
             for n in range(1, count + 1):
                 message = await session.wait_message(kind, 5, count=n)
                 answers[message.tool_call_id] = message  # type: ignore[union-attr]
@@ -119,7 +125,8 @@ async def test_function_tools_are_answered_from_the_tool_server(tmp_path: Path) 
         assert (answers["t2"].type, answers["t2"].code) == ("tool_error", "timeout")
         assert (answers["t3"].type, answers["t3"].code) == ("tool_error", "http_500")
         assert (answers["t4"].type, answers["t4"].code) == ("tool_error", "unknown_tool")
-        assert all(answers[i].content for i in ("t2", "t3", "t4"))
+        assert (answers["t5"].type, answers["t5"].code) == ("tool_error", "unreachable")
+        assert all(answers[i].content for i in ("t2", "t3", "t4", "t5"))
         first = next(c for c in tools.calls if c.name == "lookup_order")
         assert first.signature_ok
         assert first.body["parameters"] == {"order_id": "A17"} and first.body["tool_call_id"] == "t1"
@@ -193,6 +200,29 @@ async def test_the_gateways_duration_limit_speaks_a_goodbye_that_is_heard_in_ful
         assert await caller.wait_closed(10)
         assert caller.record.closed_by == "gateway"
         assert caller.record.heard_audio_ms >= heard_before + 1180
+
+
+async def test_evis_own_max_duration_goodbye_is_heard_before_the_line_closes() -> None:
+    """EVI's limit comes first (the gateway's sits a grace period later): its on_max_duration_timeout line is
+    heard in full, then EVI closes and the gateway ends the call."""
+    config = AgentConfig(cheap=True, max_duration_s=2.0, inactivity_timeout_s=None, realtime_factor=0.0)
+    config = replace(config, script=replace(config.script, greeting=""))
+    async with (
+        EviSimulator(agent_config=config) as sim,
+        running_gateway(sim.url, max_call_duration_s=2.0, max_duration_grace_s=30.0) as gw,
+        TwilioCaller(replace(caller_config(gw), audio_ulaw=b"")) as caller,  # a silent caller: no other turns
+    ):
+        await caller.dial()
+        assert await caller.wait_closed(15)
+        session = sim.sessions[0]
+        assert session.close_reason == "max_duration_timeout"
+        said = [m for m in session.received if m.type == "assistant_input"]
+        assert said == []  # the gateway's own goodbye was not needed
+        # The cheap voice speaks each sentence as a tone of 65 ms per character, in whole 20 ms.
+        goodbye_ms = sum(
+            65 * len(sentence) // 20 * 20 for sentence in split_sentences(config.script.max_duration_message)
+        )
+        assert caller.record.heard_audio_ms == pytest.approx(goodbye_ms, abs=40)
 
 
 async def test_a_hang_up_before_its_goodbye_still_lets_the_goodbye_play(tmp_path: Path) -> None:

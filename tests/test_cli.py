@@ -26,6 +26,18 @@ def test_print_config_hides_secrets(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert "port = 9999" in out and "tok-secret-1" not in out and "sk-secret-2" not in out
 
 
+def test_a_bad_numbers_file_stops_serve_before_it_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway serve --numbers FILE` with a broken file exits 2, naming the file, the number and the key."""
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
+    bad = tmp_path / "numbers.toml"
+    bad.write_text('[numbers."+15550001111"]\nconfig_idd = "x"\n', encoding="utf-8")
+    assert main(["serve", "--port", str(free_port()), "--numbers", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "[numbers.'+15550001111']: unknown key 'config_idd'" in err
+
+
 def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """An option a subcommand does not take is an error, not silently ignored."""
     with pytest.raises(SystemExit) as info:
