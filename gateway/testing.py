@@ -13,6 +13,8 @@ import base64
 import json
 from typing import Any
 
+import pydantic
+
 from gateway.codecs.framing import FRAME_MS, ULAW_BYTES_PER_MS
 from gateway.codecs.wav import write_wav
 from gateway.core.actions import (
@@ -222,3 +224,21 @@ class CallDriver:
                 case TransferCall():
                     out.append("transfer")
         return out
+
+
+def undeclared_fields(model: Any, path: str = "") -> list[str]:
+    """Paths of every pydantic model (nested ones too) that kept fields it does not declare.
+
+    The official SDK's models accept unknown fields silently; with this check an SDK type becomes a strict
+    oracle for what we send or serve (docs/evi-protocol.md §10).
+    """
+    found: list[str] = []
+    if isinstance(model, pydantic.BaseModel):
+        if model.model_extra:
+            found.append(f"{path or '<root>'}: {sorted(model.model_extra)}")
+        for name in type(model).model_fields:
+            found.extend(undeclared_fields(getattr(model, name), f"{path}.{name}"))
+    elif isinstance(model, list):
+        for i, item in enumerate(model):
+            found.extend(undeclared_fields(item, f"{path}[{i}]"))
+    return found

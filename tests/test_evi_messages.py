@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError, UpstreamProtocolError
+from gateway.testing import undeclared_fields
 from gateway.wire import evi_messages as evi
 
 # ---------------------------------------------------------------------------------------------------
@@ -36,20 +37,6 @@ def _sdk_json(model: Any) -> dict[str, Any]:
     """What the SDK's ``send_publish`` writes for ``model``, as a dict."""
     result: dict[str, Any] = json.loads(json.dumps(model.dict()))
     return result
-
-
-def _extras(model: Any, path: str = "") -> list[str]:
-    """Paths of every SDK model (nested too) that kept unknown fields."""
-    found: list[str] = []
-    if isinstance(model, pydantic.BaseModel):
-        if model.model_extra:
-            found.append(f"{path or '<root>'}: {sorted(model.model_extra)}")
-        for name in type(model).model_fields:
-            found.extend(_extras(getattr(model, name), f"{path}.{name}"))
-    elif isinstance(model, list):
-        for i, item in enumerate(model):
-            found.extend(_extras(item, f"{path}[{i}]"))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,7 +117,7 @@ def test_client_message_matches_sdk(name: str, ours: evi.EviModel, theirs: Any) 
     obj = json.loads(frame)
     parsed: Any = parse_obj_as(PublishEvent, obj)  # type: ignore[arg-type]
     assert type(parsed) is type(theirs)
-    assert _extras(parsed) == []
+    assert undeclared_fields(parsed) == []
     assert obj == _sdk_json(theirs)
 
 
@@ -160,7 +147,7 @@ def test_sdk_rejects_a_typo_only_the_extras_check_catches() -> None:
         PublishEvent,  # type: ignore[arg-type]
         {"type": "session_settings", "audio": {"format": "linear16", "sample_rate": 8000, "channels": 1}},
     )
-    assert _extras(parsed) == [".audio: ['format']"]
+    assert undeclared_fields(parsed) == [".audio: ['format']"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,7 +268,7 @@ def test_server_message_parses_with_sdk(name: str, ours: evi.EviModel, sdk_class
     obj = json.loads(ours.to_json())
     parsed: Any = parse_obj_as(SubscribeEvent, obj)  # type: ignore[arg-type]
     assert type(parsed) is sdk_class
-    assert _extras(parsed) == []
+    assert undeclared_fields(parsed) == []
     assert _sdk_json(parsed) == obj
 
 

@@ -23,6 +23,7 @@ from hume.empathic_voice import types as sdk
 from hume.empathic_voice.configs import types as sdk_configs
 
 from gateway.simulator.evi_rest_store import RestError, RestStore, VersionedResources
+from gateway.testing import undeclared_fields
 from gateway.wire import evi_rest as rest
 from gateway.wire import evi_rest_configs as cfg
 from gateway.wire.evi_messages import EviModel
@@ -42,20 +43,6 @@ def _ids() -> Callable[[], str]:
 
 def _uuid(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def _extras(model: Any, path: str = "") -> list[str]:
-    """Paths of every SDK model (nested too) that kept fields it does not declare."""
-    found: list[str] = []
-    if isinstance(model, pydantic.BaseModel):
-        if model.model_extra:
-            found.append(f"{path or '<root>'}: {sorted(model.model_extra)}")
-        for name in type(model).model_fields:
-            found.extend(_extras(getattr(model, name), f"{path}.{name}"))
-    elif isinstance(model, list):
-        for i, item in enumerate(model):
-            found.extend(_extras(item, f"{path}[{i}]"))
-    return found
 
 
 def _ok(result: Any) -> Any:
@@ -137,7 +124,7 @@ def test_every_returned_model_parses_as_the_sdk_type_unchanged(
     """What the store returns parses as the SDK's type, keeps no unknown field and dumps back the same."""
     wire = json.loads(ours.to_json())
     parsed = theirs.model_validate(wire)
-    assert _extras(parsed) == []
+    assert undeclared_fields(parsed) == []
     assert parsed.model_dump(mode="json", exclude_none=True) == wire
 
 
@@ -161,7 +148,7 @@ def test_the_extras_check_catches_a_misspelt_field() -> None:
     tool = _ok(_store().tools.get_version(_uuid(1), 1)).to_dict()
     tool["fallback_contents"] = tool.pop("fallback_content")
     parsed = sdk.ReturnUserDefinedTool.model_validate(tool)
-    assert _extras(parsed) == ["<root>: ['fallback_contents']"]
+    assert undeclared_fields(parsed) == ["<root>: ['fallback_contents']"]
 
 
 # Our model and the SDK's for the same schema: they must declare the same fields, nested ones included.
@@ -343,7 +330,7 @@ def test_the_sdk_client_manages_prompts_through_the_store() -> None:
     ]
     assert [[p.version for p in page.prompts_page if p] for page in pages] == [[4, 3], [2, 1], [0], []]
     assert {page.total_pages for page in pages} == {3}
-    assert all(_extras(page) == [] for page in pages)
+    assert all(undeclared_fields(page) == [] for page in pages)
     fetched = prompts.get_prompt_version(made.id, 2)
     assert fetched is not None and fetched.text == "v2"
     described = prompts.update_prompt_description(made.id, 2, version_description="kept")
@@ -373,7 +360,7 @@ def test_the_sdk_client_manages_tools_and_configs_through_the_store() -> None:
         voice=sdk.VoiceName(name="Ito", provider="HUME_AI"),
         timeouts=sdk_configs.PostedConfigTimeouts(inactivity=sdk_configs.PostedConfigTimeoutsInactivity(enabled=False)),
     )
-    assert _extras(made) == []
+    assert undeclared_fields(made) == []
     assert made.prompt is not None and made.prompt.version_type == "LATEST"
     assert made.tools is not None and [t.name for t in made.tools if t] == ["weather"]
     ev.tools.update_tool_name(tool.id, name="forecast")
