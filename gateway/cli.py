@@ -98,6 +98,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.rest, log_level=args.log_level.upper())
 
 
+def _evi(args: argparse.Namespace) -> int:
+    from gateway.evi_cli import main as evi_main
+
+    return evi_main(args.rest)
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     from gateway.loadtest import main as loadtest_main
 
@@ -105,7 +111,7 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 # Subcommands whose options are parsed by the module they call.
-PASS_THROUGH = ("bench", "demo", "loadtest", "simulate-evi")
+PASS_THROUGH = ("bench", "demo", "evi", "loadtest", "simulate-evi")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.set_defaults(func=_bench)
+
+    evi = sub.add_parser("evi", help="EVI's REST API: configs, prompts, tools, setup, send", add_help=False)
+    evi.set_defaults(func=_evi)
 
     loadtest = sub.add_parser(
         "loadtest", help="replay a folder of recorded callers as concurrent Twilio calls", add_help=False

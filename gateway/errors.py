@@ -12,6 +12,7 @@
     ├── UpstreamConnectError         EVI refused or could not be reached; also a ConnectionError, and its
     │                                message never holds credentials
     ├── TwilioRestError              Twilio's REST API refused a request or could not be reached
+    ├── EviRestError                 EVI's REST API refused a request or could not be reached (status 0)
     ├── SessionClosedError           waited on a simulated EVI session that closed
     ├── CapacityRunError             the capacity benchmark could not run (a child process died or hung)
     ├── CallFailure                  a load-test call or turn did not go as its scenario said (for Locust)
@@ -80,6 +81,14 @@ class UpstreamConnectError(GatewayError, ConnectionError):
 
 class TwilioRestError(GatewayError):
     """A Twilio REST request (e.g. moving a call) failed; the message says why, never with credentials."""
+
+
+class EviRestError(GatewayError):
+    """An EVI REST request failed: ``status`` (0 when EVI could not be reached) and a readable message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SessionClosedError(GatewayError):

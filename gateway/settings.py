@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     )
     hume_config_id: str | None = Field(
         None, validation_alias=AliasChoices("HUME_CONFIG_ID", "hume_config_id"), description="EVI config id"
+    )
+    hume_api_url: str | None = Field(
+        None, description="EVI REST base URL (configs, prompts, tools, access tokens); default: from evi_url"
     )
     evi_max_message_bytes: int = Field(16 * 2**20, description="largest EVI message accepted (EVI allows 16 MiB)")
     evi_connect_timeout_s: float = Field(10.0, gt=0, description="time allowed to open the EVI session")
@@ -102,6 +106,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def hume_rest_url(self) -> str:
+        """``hume_api_url``, else the scheme and host of ``evi_url`` (``wss`` → ``https``, ``ws`` → ``http``)."""
+        if self.hume_api_url:
+            return self.hume_api_url.rstrip("/")
+        parts = urlsplit(self.evi_url)
+        return urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, "", "", ""))
 
     def call_params(self) -> CallParams:
         """The slice of settings one call needs."""

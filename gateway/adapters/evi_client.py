@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import websockets
@@ -120,9 +119,7 @@ class EviConnector:
                 return self._token[0]
             s = self._settings
             assert s.hume_api_key is not None and s.hume_secret_key is not None
-            parts = urlsplit(s.evi_url)
-            scheme = "https" if parts.scheme == "wss" else "http"
-            token_url = urlunsplit((scheme, parts.netloc, "/oauth2-cc/token", "", ""))
+            token_url = s.hume_rest_url + "/oauth2-cc/token"
             credentials = f"{s.hume_api_key.get_secret_value()}:{s.hume_secret_key.get_secret_value()}"
             auth = {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode("ascii")}
             http = self._http or aiohttp.ClientSession()

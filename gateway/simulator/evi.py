@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, UpstreamProtocolError
 from gateway.simulator.agent import OUTPUT_RATES_HZ, AgentConfig, VoiceAgent
 from gateway.simulator.agent_script import load_agent_script
 from gateway.simulator.chat_socket import ChatSocket
@@ -85,6 +85,7 @@ MAX_MESSAGE_BYTES = 16 * 2**20  # §8: 16 MB per message
 UNAUTHORIZED_TEXT = "Websocket initialized with invalid credentials.\n"  # §1.3: what the SDK reports for 401
 TOO_MANY_TEXT = "Too many concurrent chat connections for this account.\n"
 TOKEN_PATH = "/oauth2-cc/token"  # §1.3
+SEND_PATH = "/v0/evi/chat/{chat_id}/send"  # §7 control plane
 UNKNOWN_CHAT_GROUP = ("E0720", "chat_group_not_found")  # the simulator's code: EVI's is unpublished (§11.6)
 
 
@@ -185,6 +186,7 @@ class EviSimulator:
         app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[self._count_not_found])
         app.router.add_get(CHAT_PATH, self._chat)
         app.router.add_post(TOKEN_PATH, self._token)
+        app.router.add_post(SEND_PATH, self._control_send)
         if self.port:
             self._runner = web.AppRunner(app, handle_signals=False)
             await self._runner.setup()
@@ -256,6 +258,25 @@ class EviSimulator:
         token = self.mint_access_token()
         ttl_s = round(self.token_ttl_s)
         return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl_s})
+
+    async def _control_send(self, request: web.Request) -> web.Response:
+        """§7 control plane: a client message (anything but ``audio_input``) delivered into a live chat."""
+        if self._authenticate(request.headers, {}) is None:
+            return web.json_response({"detail": "invalid API key"}, status=HTTPStatus.UNAUTHORIZED)
+        chat_id = request.match_info["chat_id"]
+        session = next((s for s in self.sessions if s.chat_id == chat_id and not s.closed.is_set()), None)
+        if session is None:
+            return web.json_response({"detail": f"no live chat {chat_id}"}, status=HTTPStatus.NOT_FOUND)
+        try:
+            obj = await request.json()
+            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or obj["type"] == "audio_input":
+                raise UpstreamProtocolError("the body must be a client message other than audio_input")
+            message = evi.validate_client_object(obj)
+        except (ValueError, UpstreamProtocolError) as exc:
+            detail = [{"loc": ["body"], "msg": str(exc), "type": "value_error"}]
+            return web.json_response({"detail": detail}, status=HTTPStatus.UNPROCESSABLE_ENTITY)
+        session.inject(message)
+        return web.json_response({})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.connection_attempts += 1

@@ -249,6 +249,7 @@ class EviSession:
         self.assistant_paused = False
         self.errors_sent: list[evi.WebSocketError] = []
         self.awaiting_tools: set[str] = set()
+        self.control_plane_messages = 0
         """Function tool calls sent and not yet answered (§6)."""
         self.sent_counts: Counter[str] = Counter()
         self.closed = asyncio.Event()
@@ -398,6 +399,13 @@ class EviSession:
             self.awaiting_tools.discard(message.tool_call_id)
         self._record(message)
         self._publish(message)
+
+    def inject(self, message: ClientMessage | UnknownMessage) -> None:
+        """A message delivered through the control plane (§7): handled as if the client had sent it."""
+        self.control_plane_messages += 1
+        self._record(message)
+        self._publish(message)
+        self._notify()
 
     def _record(self, message: ClientMessage | UnknownMessage) -> None:
         """Keep an accepted client message and what it declares."""
