@@ -64,6 +64,7 @@ async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Applica
         retain_closed_sessions=False,
         record_audio=False,
         max_sessions=settings.max_concurrent_calls,  # one process: the gateway's own cap is the only one
+        accept_unknown_configs=True,  # this agent has no configs of its own: any config_id gets its defaults
     )
     await sim.start()
     logging.getLogger("gateway").info("EVI: the built-in agent at %s%s", sim.url, " (cheap mode)" if cheap else "")

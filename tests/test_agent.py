@@ -24,8 +24,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from gateway.errors import ConfigError
 from gateway.simulator.agent import AgentConfig
+from gateway.simulator.agent_config import for_evi_config
 from gateway.simulator.agent_script import load_agent_script, parse_agent_script, split_sentences
 from gateway.simulator.evi import MAX_MESSAGE_BYTES, EviSimulator, serve_simulator, simulate_evi_main
+from gateway.simulator.evi_rest_store import RestError, RestStore
 from gateway.simulator.vad import TurnParams
 from gateway.simulator.voice import CALLER_VOICE, DurationRecognizer, make_synthesizer
 from gateway.simulator.wavgen import speechlike_pcm16
@@ -655,3 +657,61 @@ async def test_official_sdk_client_holds_a_conversation() -> None:
     assert received[0] == "ChatMetadata"
     assert received[-4:] == ["AudioOutput", "AssistantProsody", "AssistantEnd", "ToolCallMessage"]
     assert "UserMessage" in received
+
+
+async def test_a_chat_opened_with_a_config_follows_it() -> None:
+    """config_id: the config's on_new_chat line greets, and only its function tools may be called (the script's
+    tool rules for other tools are skipped)."""
+    async with agent_sim() as sim:
+        tool = sim.store.tools.create(
+            {"name": "lookup_order", "parameters": '{"type": "object", "properties": {}}'}, now_s=1e9
+        )
+        assert not isinstance(tool, RestError)
+        body = {
+            "name": "phone",
+            "evi_version": "3",
+            "event_messages": {"on_new_chat": {"enabled": True, "text": "Welcome to Acme."}},
+            "turn_detection": {"end_of_turn_silence_ms": 1200},
+        }
+        bare = sim.store.configs.create(body, now_s=1e9)
+        with_tool = sim.store.configs.create({**body, "tools": [{"id": tool.id}]}, now_s=1e9)
+        assert not isinstance(bare, RestError) and not isinstance(with_tool, RestError)
+        for config, calls_tool in ((bare, False), (with_tool, True)):
+            async with chat(sim, f"{AUDIO_8K}&config_id={config.id}") as (client, _):
+                greeting = await client.until("assistant_end")
+                assert texts(greeting) == ["Welcome to Acme."]
+                session = sim.sessions[-1]
+                assert session.evi_config is not None and session.evi_config.id == config.id
+                await client.send({"type": "user_input", "text": "What is my order status?"})
+                answer = (await client.until("user_message"))[-1]
+                nxt = await client.recv()
+                assert answer["from_text"] is True
+                assert (nxt["type"] == "tool_call") is calls_tool, nxt
+
+
+def test_a_configs_timeouts_turn_detection_and_interruption_replace_the_agents() -> None:
+    """for_evi_config maps the config's timeouts, turn detection, interruption and event lines onto the agent."""
+    store = RestStore()
+    config = store.configs.create(
+        {
+            "name": "phone",
+            "evi_version": "3",
+            "event_messages": {
+                "on_inactivity_timeout": {"enabled": False},
+                "on_max_duration_timeout": {"enabled": True, "text": "Time is up."},
+            },
+            "timeouts": {"inactivity": {"enabled": True, "duration_secs": 60}, "max_duration": {"enabled": False}},
+            "turn_detection": {"end_of_turn_silence_ms": 1200, "speech_detection_threshold": 0.7},
+            "interruption": {"min_interruption_ms": 400},
+        },
+        now_s=1e9,
+    )
+    assert not isinstance(config, RestError)
+    cfg = for_evi_config(agent_config(), config)
+    assert (cfg.inactivity_timeout_s, cfg.max_duration_s) == (60.0, None)
+    assert (cfg.turn.end_of_turn_silence_ms, cfg.turn.speech_detection_threshold, cfg.turn.min_interruption_ms) == (
+        1200,
+        0.7,
+        400,
+    )
+    assert (cfg.script.inactivity_warning, cfg.script.max_duration_message) == ("", "Time is up.")

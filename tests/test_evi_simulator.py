@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import wave
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from gateway.errors import AudioFormatError, SessionClosedError
 from gateway.simulator.evi import MAX_MESSAGE_BYTES, EviSession, EviSimulator
+from gateway.simulator.evi_rest_store import RestError
 from gateway.simulator.wavgen import speechlike_pcm16, tone_pcm16, wav_bytes
 from gateway.wire.evi_messages import UnknownMessage, UserInput
 
@@ -128,8 +130,10 @@ async def test_chat_metadata_first_and_query_recorded(sim: EviSimulator) -> None
     earlier, _ = await open_chat(sim)
     await earlier.close()
     group = sim.sessions[0].chat_group_id
+    config = sim.store.configs.create({"name": "phone", "evi_version": "3"}, now_s=time.time())
+    assert not isinstance(config, RestError)
     query = (
-        f"?config_id=cfg-1&resumed_chat_group_id={group}&session_settings%5Baudio%5D%5Bencoding%5D=linear16"
+        f"?config_id={config.id}&resumed_chat_group_id={group}&session_settings%5Baudio%5D%5Bencoding%5D=linear16"
         "&session_settings%5Baudio%5D%5Bsample_rate%5D=16000&session_settings%5Baudio%5D%5Bchannels%5D=1"
         "&session_settings%5Bvariables%5D%5Bname%5D=Jo"
     )
@@ -139,13 +143,23 @@ async def test_chat_metadata_first_and_query_recorded(sim: EviSimulator) -> None
     assert first["type"] == "chat_metadata"
     assert first["chat_group_id"] == group == session.chat_group_id
     assert first["chat_id"] == session.chat_id and first["request_id"] == session.request_id
-    assert session.config_id == "cfg-1"
+    assert session.config_id == config.id and session.evi_config == config
     assert session.session_settings_query == {
         "audio": {"encoding": "linear16", "sample_rate": "16000", "channels": "1"},
         "variables": {"name": "Jo"},
     }
     assert session.declared_audio is not None and session.declared_audio.rate_hz == 16000
     assert session.headers["X-Hume-Api-Key"] == KEY
+
+
+async def test_an_unknown_config_is_refused(sim: EviSimulator) -> None:
+    """A config_id the simulator's REST store does not hold gets config_not_found, then a 1008 close."""
+    async with connect(sim.url + "?config_id=cfg-nope", additional_headers=HEADERS) as ws:
+        error = await recv_json(ws)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert (error["type"], error["slug"]) == ("error", "config_not_found") and "cfg-nope" in error["message"]
+    assert ws.close_code == 1008
 
 
 async def test_resuming_an_unknown_chat_group_is_refused(sim: EviSimulator) -> None:
@@ -497,7 +511,9 @@ async def test_official_sdk_client_talks_to_the_simulator(sim: EviSimulator) -> 
         audio=sdk.ConnectSessionSettingsAudio(encoding="linear16", sample_rate=8000, channels=1)
     )
     received: list[str] = []
-    async with client.empathic_voice.chat.connect(config_id="cfg", session_settings=settings_query) as sock:
+    config = sim.store.configs.create({"name": "sdk", "evi_version": "3"}, now_s=time.time())
+    assert not isinstance(config, RestError)
+    async with client.empathic_voice.chat.connect(config_id=config.id, session_settings=settings_query) as sock:
         session = await sim.wait_session()
         await sock.send_publish(sdk.AudioInput(data=base64.b64encode(b"\x05\x00" * 160).decode()))
         await session.wait_audio_ms(20)
@@ -506,7 +522,7 @@ async def test_official_sdk_client_talks_to_the_simulator(sim: EviSimulator) -> 
             received.append(type(message).__name__)
             if received[-1] == "AssistantEnd":
                 break
-    assert (session.auth, session.config_id) == ("header", "cfg")
+    assert (session.auth, session.config_id) == ("header", config.id)
     assert bytes(session.audio_pcm) == b"\x05\x00" * 160
     assert received == [
         "ChatMetadata",

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.errors import ConfigError, SessionClosedError
-from gateway.simulator.agent_config import OUTPUT_RATES_HZ, AgentConfig
+from gateway.simulator.agent_config import OUTPUT_RATES_HZ, AgentConfig, for_evi_config
 from gateway.simulator.agent_script import fill, split_sentences
 from gateway.simulator.evi_session import AudioChunk, DeclaredAudio, EviSession, fake_prosody
 from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector
@@ -135,7 +135,7 @@ class _AgentRun:
 
     def __init__(self, agent: VoiceAgent, session: EviSession) -> None:
         self.agent = agent
-        self.cfg = agent.config
+        self.cfg = for_evi_config(agent.config, session.evi_config) if session.evi_config else agent.config
         self.session = session
         self.loop = asyncio.get_running_loop()
         self.conversation, self.resumed = agent.conversation(session)
@@ -212,7 +212,7 @@ class _AgentRun:
 
     def _open(self) -> None:
         # §1.4: with on_new_chat enabled EVI speaks first; a resumed group gets the resume line instead.
-        script = self.agent.config.script
+        script = self.cfg.script
         conversation = self.conversation
         if self.resumed:
             line = fill(script.resume_greeting, "", conversation.last("user"), conversation.user_turns)
@@ -492,8 +492,12 @@ class _AgentRun:
                 self.last_activity_s = self.loop.time()
                 continue
             seen = self.user_activity
+            warning = fill(self.cfg.script.inactivity_warning)
+            if not warning:  # §8: with no inactivity message the chat ends at the timeout itself
+                await self.session.close(1000, "inactivity_timeout")
+                return
             if not self.paused:
-                self._respond(fill(self.cfg.script.inactivity_warning))
+                self._respond(warning)
                 await asyncio.wait(self.responses)
             await asyncio.sleep(grace_s)
             if seen == self.user_activity and not (self.detector is not None and self.detector.speaking):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.errors import ConfigError
 from gateway.simulator.agent_script import AgentScript, load_agent_script
 from gateway.simulator.vad import TurnParams
+from gateway.wire.evi_rest_configs import ReturnConfig, ReturnEventMessageSpec, ReturnTimeoutSpec
 
-__all__ = ["OUTPUT_RATES_HZ", "AgentConfig"]
+__all__ = ["OUTPUT_RATES_HZ", "AgentConfig", "for_evi_config"]
 
 OUTPUT_RATES_HZ = (24000, 48000)
 """evi-protocol.md §4.2: EVI's audio_output is 48 kHz as documented or 24 kHz as observed."""
@@ -76,3 +77,43 @@ class AgentConfig:
             raise ConfigError(f"agent close_code must be 1000, 1001, 1008, 1011 or 3000-4999, got {self.close_code}")
         if self.history_limit < 1 or self.max_chat_groups < 1:
             raise ConfigError("agent history_limit and max_chat_groups must be at least 1")
+
+
+def for_evi_config(cfg: AgentConfig, config: ReturnConfig) -> AgentConfig:
+    """The agent as a chat opened with ``config_id`` behaves (docs/evi-protocol.md §12.4): the config's event
+    messages, timeouts, turn detection and interruption replace the simulator's own; only the config's
+    function tools (by name) may be called."""
+    script = cfg.script
+    events = config.event_messages
+    changes: dict[str, object] = {}
+
+    def said(spec: ReturnEventMessageSpec | None, default: str) -> str:
+        if spec is None:
+            return default
+        return (spec.text or default) if spec.enabled else ""
+
+    if events is not None:
+        changes["greeting"] = said(events.on_new_chat, script.greeting)
+        changes["inactivity_warning"] = said(events.on_inactivity_timeout, script.inactivity_warning)
+        changes["max_duration_message"] = said(events.on_max_duration_timeout, script.max_duration_message)
+    tools = frozenset(tool.name for tool in config.tools or [])
+    rules = tuple(rule for rule in script.rules if rule.tool is None or rule.tool in tools)
+    fields: dict[str, object] = {"script": replace(script, rules=rules, **changes)}  # type: ignore[arg-type]
+    timeouts = config.timeouts
+    if timeouts is not None:
+        fields["inactivity_timeout_s"] = _seconds(timeouts.inactivity)
+        fields["max_duration_s"] = _seconds(timeouts.max_duration)
+    turn = cfg.turn
+    if config.turn_detection is not None:
+        detected = {k: v for k, v in config.turn_detection.to_dict().items() if v is not None}
+        turn = replace(turn, **detected)
+    if config.interruption is not None and config.interruption.min_interruption_ms is not None:
+        turn = replace(turn, min_interruption_ms=config.interruption.min_interruption_ms)
+    fields["turn"] = turn
+    return replace(cfg, **fields)  # type: ignore[arg-type]
+
+
+def _seconds(spec: ReturnTimeoutSpec | None) -> float | None:
+    if spec is None or not spec.enabled:
+        return None
+    return float(spec.duration_secs) if spec.duration_secs else None

@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, UpstreamProtocolError
 from gateway.simulator.agent import OUTPUT_RATES_HZ, AgentConfig, VoiceAgent
 from gateway.simulator.agent_script import load_agent_script
 from gateway.simulator.chat_socket import ChatSocket
+from gateway.simulator.evi_rest_store import RestStore
 from gateway.simulator.evi_session import (
     AUDIO_NOT_DECLARED,
     INVALID_BASE64,
@@ -86,7 +87,9 @@ UNAUTHORIZED_TEXT = "Websocket initialized with invalid credentials.\n"  # §1.3
 TOO_MANY_TEXT = "Too many concurrent chat connections for this account.\n"
 TOKEN_PATH = "/oauth2-cc/token"  # §1.3
 SEND_PATH = "/v0/evi/chat/{chat_id}/send"  # §7 control plane
-UNKNOWN_CHAT_GROUP = ("E0720", "chat_group_not_found")  # the simulator's code: EVI's is unpublished (§11.6)
+# Error codes of refused chats: EVI's own are unpublished (§11.6), so these are the simulator's choices.
+UNKNOWN_CHAT_GROUP = ("E0720", "chat_group_not_found")
+UNKNOWN_CONFIG = ("I0100", "config_not_found")  # what bridges report for an unknown config_id (§8)
 
 
 class EviSimulator:
@@ -115,6 +118,8 @@ class EviSimulator:
         secret_key: str | None = None,
         token_ttl_s: float = 1800.0,
         max_sessions: int = 5,
+        store: RestStore | None = None,
+        accept_unknown_configs: bool = False,
     ) -> None:
         if output_rate_hz <= 0 or chunk_ms <= 0 or realtime_factor < 0:
             raise ValueError(
@@ -136,6 +141,9 @@ class EviSimulator:
         self.sessions: list[EviSession] = []
         self.connection_attempts = 0
         self.rejected_attempts = 0
+        self.store = store if store is not None else RestStore()
+        """EVI's REST state (configs, prompts, tools): a chat opened with ``config_id`` follows its config."""
+        self.accept_unknown_configs = accept_unknown_configs
         self.secret_key = secret_key
         self.token_ttl_s = token_ttl_s
         self.max_sessions = max_sessions
@@ -278,6 +286,18 @@ class EviSimulator:
         session.inject(message)
         return web.json_response({})
 
+    def _attach_config(self, session: EviSession) -> str | None:
+        """Give the session its config (§12.4); why it is refused, if it names a config that does not exist."""
+        config_id = session.config_id
+        if not config_id:
+            return None
+        raw_version = session.query.get("config_version")
+        version = int(raw_version) if raw_version and raw_version.isdigit() else None
+        session.evi_config = self.store.config(config_id, version)
+        if session.evi_config is None and not self.accept_unknown_configs:
+            return f"config {config_id} (version {raw_version or 'latest'}) not found"
+        return None
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.connection_attempts += 1
         query_pairs = parse_qsl(request.query_string, keep_blank_values=True)
@@ -307,8 +327,11 @@ class EviSimulator:
         self._session_added = asyncio.Event()
         try:
             resumed = session.resumed_chat_group_id
+            refusal = self._attach_config(session)
             if resumed is not None and resumed not in self._groups:
                 await session.refuse(*UNKNOWN_CHAT_GROUP, f"no chat group {resumed!r} to resume")
+            elif refusal is not None:
+                await session.refuse(*UNKNOWN_CONFIG, refusal)
             else:
                 self._groups.add(session.chat_group_id)
                 await session.run(self.agent)

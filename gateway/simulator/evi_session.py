@@ -46,6 +46,7 @@ from gateway.simulator.chat_socket import ChatSocket
 from gateway.simulator.wavgen import wav_bytes
 from gateway.wire import evi_messages as evi
 from gateway.wire.evi_messages import ClientMessage, UnknownMessage
+from gateway.wire.evi_rest_configs import ReturnConfig
 
 __all__ = [
     "AUDIO_NOT_DECLARED",
@@ -250,6 +251,8 @@ class EviSession:
         self.errors_sent: list[evi.WebSocketError] = []
         self.awaiting_tools: set[str] = set()
         self.control_plane_messages = 0
+        self.evi_config: ReturnConfig | None = None
+        """The config the chat was opened with (``config_id``), as the simulator's REST store holds it."""
         """Function tool calls sent and not yet answered (§6)."""
         self.sent_counts: Counter[str] = Counter()
         self.closed = asyncio.Event()
