@@ -106,7 +106,7 @@ class EviRestClient:
         params["restrict_to_most_recent"] = "false" if all_versions else "true"
         if name is not None:
             params["name"] = name
-        return KINDS[kind].page.model_validate(await self.request("GET", f"/v0/evi/{kind}", params=params))
+        return _parse(KINDS[kind].page, await self.request("GET", f"/v0/evi/{kind}", params=params))
 
     async def list_all(self, kind: Kind, *, name: str | None = None, all_versions: bool = False) -> list[Any]:
         """Every item of a kind, following the pages."""
@@ -124,7 +124,7 @@ class EviRestClient:
     async def versions(self, kind: Kind, id_: str) -> list[Any]:
         """Every version of one resource."""
         params = {"restrict_to_most_recent": "false", "page_size": "100"}
-        page = KINDS[kind].page.model_validate(await self.request("GET", f"/v0/evi/{kind}/{id_}", params=params))
+        page = _parse(KINDS[kind].page, await self.request("GET", f"/v0/evi/{kind}/{id_}", params=params))
         return list(getattr(page, KINDS[kind].page_key) or [])
 
     async def get(self, kind: Kind, id_: str, version: int | None = None) -> Any:
@@ -135,15 +135,15 @@ class EviRestClient:
                 raise EviRestError(404, f"{kind[:-1]} {id_} has no versions")
             return max(found, key=lambda item: item.version)
         body = await self.request("GET", f"/v0/evi/{kind}/{id_}/version/{version}")
-        return KINDS[kind].one.model_validate(body)
+        return _parse(KINDS[kind].one, body)
 
     async def create(self, kind: Kind, body: Mapping[str, Any]) -> Any:
         """A new resource (version 0)."""
-        return KINDS[kind].one.model_validate(await self.request("POST", f"/v0/evi/{kind}", json_body=body))
+        return _parse(KINDS[kind].one, await self.request("POST", f"/v0/evi/{kind}", json_body=body))
 
     async def new_version(self, kind: Kind, id_: str, body: Mapping[str, Any]) -> Any:
         """The next version of a resource."""
-        return KINDS[kind].one.model_validate(await self.request("POST", f"/v0/evi/{kind}/{id_}", json_body=body))
+        return _parse(KINDS[kind].one, await self.request("POST", f"/v0/evi/{kind}/{id_}", json_body=body))
 
     async def rename(self, kind: Kind, id_: str, name: str) -> None:
         """A new name for every version."""
@@ -154,7 +154,7 @@ class EviRestClient:
         body = await self.request(
             "PATCH", f"/v0/evi/{kind}/{id_}/version/{version}", json_body={"version_description": description}
         )
-        return KINDS[kind].one.model_validate(body)
+        return _parse(KINDS[kind].one, body)
 
     async def delete(self, kind: Kind, id_: str, version: int | None = None) -> None:
         """Delete one version, or (``version`` None) the resource with all its versions."""
@@ -239,3 +239,12 @@ def _error_message(status: int, text: str) -> str:
             if isinstance(body.get(key), str):
                 return f"HTTP {status}: {body[key]}"
     return f"HTTP {status}: {text.strip()[:300]}"
+
+
+def _parse(model: type[ReturnT], body: object) -> ReturnT:
+    """An answer as its model; an answer of the wrong shape is an EviRestError, not a crash."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise EviRestError(200, f"EVI answered something that is not a {model.__name__}: {problems}") from None
