@@ -1,4 +1,4 @@
-"""The simulator's EVI REST API over HTTP: the official SDK as client, statuses, limits, persistence (§12.6).
+"""The simulator's EVI REST API over HTTP: the SDK as client, statuses, limits, persistence (evi-protocol.md §12.6).
 
 Every test serves an aiohttp app holding only ``RestApi.add_routes`` on a loopback port, and talks to it
 with the ``hume`` SDK's ``AsyncHumeClient`` (``base_url`` set to the server) or with a plain aiohttp client.

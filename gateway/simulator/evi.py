@@ -24,6 +24,7 @@ import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qsl
 
@@ -34,6 +35,7 @@ from gateway.errors import ConfigError, UpstreamProtocolError
 from gateway.simulator.agent import OUTPUT_RATES_HZ, AgentConfig, VoiceAgent
 from gateway.simulator.agent_script import load_agent_script
 from gateway.simulator.chat_socket import ChatSocket
+from gateway.simulator.evi_rest_server import RestApi
 from gateway.simulator.evi_rest_store import RestStore
 from gateway.simulator.evi_session import (
     AUDIO_NOT_DECLARED,
@@ -90,6 +92,8 @@ SEND_PATH = "/v0/evi/chat/{chat_id}/send"  # §7 control plane
 # Error codes of refused chats: EVI's own are unpublished (§11.6), so these are the simulator's choices.
 UNKNOWN_CHAT_GROUP = ("E0720", "chat_group_not_found")
 UNKNOWN_CONFIG = ("I0100", "config_not_found")  # what bridges report for an unknown config_id (§8)
+STATE_FILE_NAME = "evi-rest.sqlite3"
+"""The SQLite file of EVI's REST state under ``gateway simulate-evi --state-dir``."""
 
 
 class EviSimulator:
@@ -100,6 +104,8 @@ class EviSimulator:
     ``agent_config`` runs a :class:`VoiceAgent` instead and sets ``output_rate_hz``, ``chunk_ms`` and
     ``realtime_factor`` from the config. With ``retain_closed_sessions=False`` (long runs) closed sessions
     leave ``sessions``, so indexes shift; with ``record_audio=False`` caller audio is counted, not kept.
+    The same port serves EVI's REST API for prompts, tools and configs (``rest``), kept in ``store`` and,
+    with ``state_path``, in that SQLite file across restarts (evi-protocol.md §12.6).
     """
 
     def __init__(
@@ -120,6 +126,8 @@ class EviSimulator:
         max_sessions: int = 5,
         store: RestStore | None = None,
         accept_unknown_configs: bool = False,
+        state_path: Path | None = None,
+        rest_requests_per_s: float = 100.0,
     ) -> None:
         if output_rate_hz <= 0 or chunk_ms <= 0 or realtime_factor < 0:
             raise ValueError(
@@ -143,6 +151,8 @@ class EviSimulator:
         self.rejected_attempts = 0
         self.store = store if store is not None else RestStore()
         """EVI's REST state (configs, prompts, tools): a chat opened with ``config_id`` follows its config."""
+        self.rest = RestApi(self.store, api_key=api_key, state_path=state_path, max_requests_per_s=rest_requests_per_s)
+        """EVI's REST API over ``store`` at ``/v0/evi/{prompts,tools,configs}``; saved to ``state_path`` if set."""
         self.accept_unknown_configs = accept_unknown_configs
         self.secret_key = secret_key
         self.token_ttl_s = token_ttl_s
@@ -195,6 +205,7 @@ class EviSimulator:
         app.router.add_get(CHAT_PATH, self._chat)
         app.router.add_post(TOKEN_PATH, self._token)
         app.router.add_post(SEND_PATH, self._control_send)
+        self.rest.add_routes(app)
         if self.port:
             self._runner = web.AppRunner(app, handle_signals=False)
             await self._runner.setup()
@@ -351,10 +362,12 @@ async def serve_simulator(
     on_ready: Callable[[EviSimulator], None] | None = None,
     secret_key: str | None = None,
     max_sessions: int = 5,
+    state_path: Path | None = None,
 ) -> None:
     """Run an EVI simulator until cancelled (``gateway simulate-evi``); closed sessions and audio are not kept."""
     async with EviSimulator(
         api_key=api_key,
+        state_path=state_path,
         secret_key=secret_key,
         max_sessions=max_sessions,
         host=host,
@@ -381,6 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--api-key", default="test-key", help="key clients must send as X-Hume-Api-Key or api_key (default test-key)")
     add("--no-auth", action="store_true", help="accept clients without a key")
     add("--secret-key", help="with the API key: serve access tokens at POST /oauth2-cc/token (client credentials)")
+    add("--state-dir", metavar="DIR", help="keep EVI's REST state (configs, prompts, tools) in DIR/evi-rest.sqlite3")
     add("--max-sessions", type=int, default=5, help="chats open at once; more get HTTP 429 (EVI's default: 5)")
     add("--silent", action="store_true", help="no agent: sessions only record what they receive")
     add("--agent-script", metavar="PATH", help="agent script TOML (default: the bundled config/agent.example.toml)")
@@ -450,8 +464,18 @@ def simulate_evi_main(argv: Sequence[str]) -> int:
             synthesizer = agent.synthesizer.name if agent.synthesizer is not None else "tones (cheap)"
             speech = f"agent {agent.config.script.source}; voice {synthesizer}; ears {agent.recognizer.name}"
         print(f"EVI simulator on {simulator.url} - {speech}", flush=True)
+        kept = f"kept in {simulator.rest.state_path}" if simulator.rest.state_path else "kept in memory"
+        print(f"EVI REST API on {simulator.http_url}/v0/evi/{{configs,prompts,tools}} - {kept}", flush=True)
 
     api_key = None if args.no_auth else args.api_key
+    state_path = None
+    if args.state_dir:
+        try:
+            Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"gateway simulate-evi: cannot use --state-dir {args.state_dir} ({exc})", file=sys.stderr)
+            return 2
+        state_path = Path(args.state_dir) / STATE_FILE_NAME
     try:
         with contextlib.suppress(KeyboardInterrupt):
             serving = serve_simulator(
@@ -462,6 +486,7 @@ def simulate_evi_main(argv: Sequence[str]) -> int:
                 on_ready=ready,
                 secret_key=args.secret_key,
                 max_sessions=args.max_sessions,
+                state_path=state_path,
             )
             asyncio.run(serving)
     except ConfigError as exc:
