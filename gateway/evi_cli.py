@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         listing.add_argument("--name", help="only this exact name")
         listing.add_argument("--all-versions", action="store_true", help="every version, not just the newest")
         listing.add_argument("--page", type=int, default=None, help="one page (0-based) instead of all")
-        listing.add_argument("--page-size", type=int, default=10, help="1-100 (with --page)")
+        listing.add_argument("--page-size", type=int, help="items a request, 1-100 (default 10 with --page, else 100)")
         get = ops.add_parser("get", help="one version (the newest by default)")
         get.add_argument("id")
         get.add_argument("--version", type=int)
@@ -124,13 +124,15 @@ async def _resource(evi: EviRestClient, kind: Kind, args: argparse.Namespace) ->
                 page = await evi.list_page(
                     kind,
                     page_number=args.page,
-                    page_size=args.page_size,
+                    page_size=args.page_size or 10,
                     all_versions=args.all_versions,
                     name=args.name,
                 )
                 items = list(getattr(page, KINDS_MODELS[kind].page_key) or [])
             else:
-                items = await evi.list_all(kind, name=args.name, all_versions=args.all_versions)
+                items = await evi.list_all(
+                    kind, name=args.name, all_versions=args.all_versions, page_size=args.page_size or 100
+                )
             _print_items(items, as_json=args.json)
         case "get":
             _print_items([await evi.get(kind, args.id, args.version)], as_json=args.json, detail=True)

@@ -95,7 +95,8 @@ async def test_a_422_is_shown_one_problem_per_line() -> None:
             await evi.create("configs", {"name": "x"})
     assert info.value.status == 422
     assert str(info.value) == (
-        "invalid request:\nbody.evi_version: Field required\nbody.timeouts.max_duration.duration_secs: must be >= 30"
+        "EVI refused the request as invalid (HTTP 422):\n"
+        "body.evi_version: Field required\nbody.timeouts.max_duration.duration_secs: must be >= 30"
     )
 
 

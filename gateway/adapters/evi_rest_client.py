@@ -108,13 +108,15 @@ class EviRestClient:
             params["name"] = name
         return _parse(KINDS[kind].page, await self.request("GET", f"/v0/evi/{kind}", params=params))
 
-    async def list_all(self, kind: Kind, *, name: str | None = None, all_versions: bool = False) -> list[Any]:
-        """Every item of a kind, following the pages."""
+    async def list_all(
+        self, kind: Kind, *, name: str | None = None, all_versions: bool = False, page_size: int = 100
+    ) -> list[Any]:
+        """Every item of a kind, following the pages (``page_size`` a request, 1–100)."""
         items: list[Any] = []
         page_number = 0
         while True:
             page = await self.list_page(
-                kind, page_number=page_number, page_size=100, all_versions=all_versions, name=name
+                kind, page_number=page_number, page_size=page_size, all_versions=all_versions, name=name
             )
             items += getattr(page, KINDS[kind].page_key) or []
             if page_number + 1 >= page.total_pages:
@@ -229,7 +231,8 @@ def _error_message(status: int, text: str) -> str:
         return f"HTTP {status}: {text.strip()[:300] or '(empty body)'}"
     if status == 422 and isinstance(body, dict) and isinstance(body.get("detail"), list):
         try:
-            return "invalid request:\n" + validation_message(HttpValidationError.model_validate(body))
+            problems = validation_message(HttpValidationError.model_validate(body))
+            return f"EVI refused the request as invalid (HTTP 422):\n{problems}"
         except ValidationError:
             pass
     if status == 401:
