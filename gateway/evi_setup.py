@@ -1,4 +1,4 @@
-"""``gateway evi setup``: a phone-ready EVI config from nothing, kept up to date (docs/evi-protocol.md §12).
+"""``gateway evi setup``: a phone-ready EVI config from nothing, kept up to date (docs/evi-protocol.md §12.7).
 
 It makes sure one prompt, one tool per function tool the phone lines use (``transfer_call`` with the transfer
 destinations' names as its enum, and every ``[[tool]]`` of the numbers file) and one config wiring them with
