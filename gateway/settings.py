@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -23,7 +23,14 @@ from gateway.core.params import CallParams
 from gateway.core.playout import PlayoutParams
 from gateway.errors import ConfigError
 
-SECRET_FIELDS = ("hume_api_key", "hume_secret_key", "twilio_auth_token", "tool_signing_secret", "admin_token")
+SECRET_FIELDS = (
+    "hume_api_key",
+    "hume_secret_key",
+    "twilio_auth_token",
+    "tool_signing_secret",
+    "admin_token",
+    "stream_token_secret",
+)
 PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 
 
@@ -101,6 +108,20 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the admin routes; off when unset (env only)"
     )
+    # Operations.
+    drain_grace_s: float = Field(
+        300.0, ge=0, description="after SIGTERM, live calls may go on this long before the drain goodbye ends them"
+    )
+    drain_goodbye_message: str = Field(
+        "We are sorry, this line has to close now. Please call again. Goodbye.",
+        description="what the agent says to calls still live when the drain grace ends",
+    )
+    stream_token_secret: SecretStr | None = Field(
+        None, description="HMAC key of stream tokens, shared by every replica (random per process if unset; env only)"
+    )
+    recordings_dir: Path | None = Field(None, description="where recorded calls are written (WAV + JSONL)")
+    post_call_url: str | None = Field(None, description="signed POST of each call's summary after it ends")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or one JSON object each")
 
     @field_validator("public_url")
     @classmethod
