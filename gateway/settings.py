@@ -146,6 +146,7 @@ class Settings(BaseSettings):
             max_duration_s=self.max_call_duration_s + self.max_duration_grace_s,
             goodbye_timeout_s=self.goodbye_timeout_s,
             drain_timeout_s=self.drain_timeout_s,
+            shutdown_message=self.drain_goodbye_message,
             reconnect_window_s=self.reconnect_window_s,
             handoff_timeout_s=self.handoff_timeout_s,
             transfers_enabled=self.twilio_account_sid is not None and self.twilio_auth_token is not None,

@@ -29,9 +29,10 @@ from gateway.core.actions import (
 )
 from gateway.core.inbound import InboundStream, PreRoll
 from gateway.core.lines import DEFAULT_LINE, LineConfig, LineDirectory
+from gateway.core.observe import Observations
 from gateway.core.outbound import OutboundAudio
 from gateway.core.params import CallParams, TokenRedeemer
-from gateway.core.playout import PlayoutDecision
+from gateway.core.playout import PlayoutDecision, SendClear, SendMedia
 from gateway.core.resume import Resumption
 from gateway.core.states import (
     AGENT_AUDIO,
@@ -114,6 +115,8 @@ class Call:
         self._inbound_transcoder = InboundTranscoder(params.input_rate_hz)
         self._preroll = PreRoll(params.preroll_ms)
         self._outbound = OutboundAudio(params.playout)
+        self.observed = Observations()
+        """Measurements for metrics (latencies, tool calls, errors), taken by the adapter."""
         self._counts: dict[str, int] = {}
         self._faults: list[str] = []
 
@@ -261,6 +264,7 @@ class Call:
         if self._life.link is not LinkState.CLOSED or not self._resume.take(now):
             return []
         self._count("upstream_resume_attempts")
+        self.observed.resume("attempt")
         log.info("E> resuming chat group %s (attempt %d)", self.upstream_group_id, self._resume.attempts)
         self._life.link_event(LinkInput.OPEN)
         return [OpenUpstream(self._session_start(resume=True))]
@@ -270,9 +274,11 @@ class Call:
         return self._handle(Input.TOOL_RESULT, now, lambda: self._tool_answer(tool_call_id, outcome))
 
     def _tool_answer(self, tool_call_id: str, outcome: ToolOutcome) -> list[Action]:
-        answer = self._tools.finished(tool_call_id, outcome)
-        if answer is None:
+        finished = self._tools.finished(tool_call_id, outcome)
+        if finished is None:
             return []
+        name, answer = finished
+        self.observed.tool_call(name, "ok" if outcome.ok else outcome.code or "error")
         if not outcome.ok:
             self._count("tool_errors")
             log.warning("E> tool_error for %s: %s %s", tool_call_id, outcome.code, outcome.error)
@@ -289,9 +295,14 @@ class Call:
         log.info("= operator message for call %s (%d chars)", self.call_sid, len(text))
         return self._handle(Input.OPERATOR_SAY, now, lambda: self._say(text))
 
+    def shut_down(self, now: float) -> list[Action]:
+        """The gateway is draining and its grace is over: say ``params.shutdown_message``, then end."""
+        return self._handle(Input.SHUTDOWN, now, detail="the gateway is shutting down")
+
     def transfer_failed(self, now: float, detail: str) -> list[Action]:
         """The REST redirect of a :class:`~gateway.core.actions.TransferCall` failed."""
         log.warning("= transfer of call %s failed: %s", self.call_sid, detail)
+        self.observed.transfer("failed")
         self._count("transfers_failed")
         if self._life.link is LinkState.OPEN:
             return self._handle(Input.TRANSFER_FAILED, now, detail=detail)
@@ -315,20 +326,21 @@ class Call:
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._agent_audio(event, now))
             case UserInterrupted():
                 self._count("interruptions")
-                return self._handle(
-                    Input.UPSTREAM_EVENT, now, lambda: self._twilio(self._outbound.user_interrupted(now))
-                )
+                interrupted = self._outbound.user_interrupted
+                return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._barge(interrupted(now)))
             case AssistantTurnEnd():
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._twilio(self._outbound.agent_turn_end(now)))
             case UserTranscript():
                 if not event.interim:
                     self._count("user_turns")
-                return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._twilio(self._outbound.user_spoke(now)))
+                    self.observed.user_turn_final(now, self._outbound.agent_turns[0])
+                return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._barge(self._outbound.user_spoke(now)))
             case UpstreamReady():
                 return self._handle(Input.UPSTREAM_READY, now, lambda: self._on_upstream_ready(event))
             case UpstreamFault():
                 detail = f"upstream error {event.code} {event.slug}: {event.message} (request {event.request_id})"
                 self._faults.append(f"{event.code} {event.slug}")
+                self.observed.upstream_error(event.code)
                 log.warning("E< %s", detail)
                 # docs/evi-protocol.md §8: an error ends the call only if it is fatal or the session never started.
                 if event.fatal or self._life.state is CallState.CONNECTING_UPSTREAM:
@@ -345,11 +357,21 @@ class Call:
                 log.info("E< unknown message type %r ignored", event.kind)
         return self._handle(Input.UPSTREAM_EVENT, now)
 
+    def _barge(self, decisions: list[PlayoutDecision]) -> list[Action]:
+        if any(isinstance(d, SendClear) for d in decisions):
+            self.observed.barge_in()
+        return self._twilio(decisions)
+
+    def _agent_media(self, decisions: list[PlayoutDecision], now: float) -> list[Action]:
+        if any(isinstance(d, SendMedia) for d in decisions):
+            self.observed.agent_media_sent(now, self._outbound.agent_turns[0])
+        return self._twilio(decisions)
+
     def _agent_audio(self, event: AssistantAudio, now: float) -> list[Action]:
         if self._life.state not in AGENT_AUDIO:
             return []
         try:
-            return self._twilio(self._outbound.agent_audio(ResponseId(event.response_id), event.wav, now))
+            return self._agent_media(self._outbound.agent_audio(ResponseId(event.response_id), event.wav, now), now)
         except AudioFormatError as exc:
             self._count("upstream_bad_audio")
             log.warning("E< audio_output %s/%d dropped: %s", event.response_id, event.index, exc)
@@ -363,11 +385,15 @@ class Call:
         log.info("E< tool_call %s (%s, %s)", event.name, event.tool_call_id, type(decision).__name__.lower())
         match decision:
             case HangUp():
+                self.observed.tool_call(event.name, "ok")
                 reply = decision.reply
                 return self._handle(Input.HANG_UP, now, lambda: self._tool_reply(reply), detail="agent hung up")
             case Transfer():
                 if self._life.decide(Input.TRANSFER) is None:
+                    self.observed.tool_call(event.name, "transfer_not_possible")
                     return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(decision.refused))
+                self.observed.tool_call(event.name, "ok")
+                self.observed.transfer("started")
                 assert self.call_sid is not None
                 self._transfer = TransferCall(self.call_sid, decision.destination, decision.target)
                 detail = f"transfer to {decision.destination}"
@@ -376,6 +402,8 @@ class Call:
                 run = RunTool(event.tool_call_id, decision.endpoint, decision.parameters, self._tool_context())
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: [run])
             case Reply():
+                if decision.text is not None:
+                    self.observed.tool_call(event.name, decision.code or "ok")
                 text = decision.text
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(text))
         assert_never(decision)
@@ -397,6 +425,8 @@ class Call:
         }
 
     def _on_upstream_ready(self, event: UpstreamReady) -> list[Action]:
+        if self.upstream_group_id is not None:
+            self.observed.resume("resumed")
         if self.upstream_group_id is not None and event.group_id != self.upstream_group_id:
             self._count("upstream_resume_new_group")
             log.warning("E< resumed session has chat group %s, not %s", event.group_id, self.upstream_group_id)
@@ -433,7 +463,7 @@ class Call:
         return self._handle(Input.TICK, now, lambda: self._on_tick(now))
 
     def _on_tick(self, now: float) -> list[Action]:
-        actions = self._twilio(self._outbound.poll(now))
+        actions = self._agent_media(self._outbound.poll(now), now)
         if self._life.state is CallState.RECONNECTING:
             actions += self._try_resume(now)
         return actions
@@ -516,6 +546,8 @@ class Call:
                 self._agent_mark = self._outbound.agent_turns
                 if transition.target is CallState.SAYING_GOODBYE and transition.cause is Input.DEADLINE:
                     return self._say(self.line.max_duration_message)
+                if transition.target is CallState.SAYING_GOODBYE and transition.cause is Input.SHUTDOWN:
+                    return self._say(self.params.shutdown_message)
                 return []
             case CallState.REDIRECTING:
                 assert self._transfer is not None

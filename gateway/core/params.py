@@ -45,5 +45,7 @@ class CallParams:
     apology_ulaw: bytes = b""
     """8 kHz μ-law the caller hears when the call fails (upstream lost, transfer failed)."""
     drain_timeout_s: float = 10.0
+    shutdown_message: str = "This line has to close now. Please call again. Goodbye."
+    """Said to a call still live when the gateway's drain grace ends (operations.md §2)."""
     playout: PlayoutParams = field(default_factory=PlayoutParams)
     inbound: InboundParams = field(default_factory=InboundParams)

@@ -77,6 +77,8 @@ class Input(enum.Enum):
     OPERATOR_SAY = "operator say"
     """A supervisor asks the agent to say something on the live call (``POST /calls/{call_sid}/say``)."""
     TRANSFER_FAILED = "transfer failed"
+    SHUTDOWN = "gateway shutdown"
+    """The gateway is draining and the grace has ended: the call is brought to a spoken end."""
     TICK = "tick"
     DEADLINE = "deadline"
 
@@ -115,6 +117,7 @@ class EndReason(enum.Enum):
     HANG_UP = "hang_up"
     TRANSFERRED = "transferred"
     TRANSFER_FAILED = "transfer_failed"
+    SHUTDOWN = "shutdown"
 
 
 S = CallState
@@ -139,6 +142,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.AWAITING_START, I.TWILIO_CLOSED): S.CLOSED,
     (S.AWAITING_START, I.TICK): S.AWAITING_START,
     (S.AWAITING_START, I.DEADLINE): S.CLOSED,
+    (S.AWAITING_START, I.SHUTDOWN): S.CLOSED,
     # Caller audio is held in a bounded pre-roll while the upstream connects.
     (S.CONNECTING_UPSTREAM, I.UPSTREAM_READY): S.ACTIVE,
     (S.CONNECTING_UPSTREAM, I.DEADLINE): S.ENDING,
@@ -147,6 +151,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.ACTIVE, I.TRANSFER): S.TRANSFERRING,
     (S.ACTIVE, I.UPSTREAM_DROPPED): S.RECONNECTING,
     (S.ACTIVE, I.DEADLINE): S.SAYING_GOODBYE,  # the gateway's own limit: a goodbye is spoken first
+    (S.ACTIVE, I.SHUTDOWN): S.SAYING_GOODBYE,  # the drain's grace is over: likewise (operations.md §2)
     # docs/evi-protocol.md §7: resume the chat group; audio flows again once the new chat is ready.
     (S.RECONNECTING, I.UPSTREAM_READY): S.ACTIVE,
     (S.RECONNECTING, I.UPSTREAM_DROPPED): S.RECONNECTING,
@@ -182,6 +187,8 @@ for _state in _LIVE:
         TRANSITIONS[(_state, _event)] = _state
     TRANSITIONS[(_state, I.TOOL_RESULT)] = _state
     TRANSITIONS[(_state, I.OPERATOR_SAY)] = _state
+    # A shutdown waits for a state it can end from with a goodbye; the drain repeats it (operations.md §2).
+    TRANSITIONS.setdefault((_state, I.SHUTDOWN), _state)
     TRANSITIONS[(_state, I.STOP)] = S.CLOSED
     TRANSITIONS[(_state, I.TWILIO_CLOSED)] = S.CLOSED
 # CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
@@ -241,6 +248,7 @@ END_REASONS: dict[Input, EndReason] = {
     I.UPSTREAM_DROPPED: EndReason.UPSTREAM_LOST,
     I.UPSTREAM_LOST: EndReason.UPSTREAM_LOST,
     I.HANG_UP: EndReason.HANG_UP,
+    I.SHUTDOWN: EndReason.SHUTDOWN,
 }
 """The end reason an input gives when it moves the call towards its end (deadlines give their own) …"""
 
@@ -254,8 +262,10 @@ CLOSE_CODES: dict[EndReason, int] = {
     EndReason.START_REJECTED: 1008,
     EndReason.TWILIO_PROTOCOL_ERROR: 1008,
     EndReason.START_TIMEOUT: 1008,
+    EndReason.SHUTDOWN: 1001,
 }
-"""WebSocket close code of the Media Stream per end reason (RFC 6455 §7.4.1: 1008 policy violation); else 1000."""
+"""WebSocket close code of the Media Stream per end reason (RFC 6455 §7.4.1: 1008 policy violation, 1001 going
+away); else 1000."""
 
 APOLOGISE: frozenset[EndReason] = frozenset(
     {EndReason.UPSTREAM_ERROR, EndReason.UPSTREAM_TIMEOUT, EndReason.UPSTREAM_LOST, EndReason.TRANSFER_FAILED}

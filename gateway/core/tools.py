@@ -77,6 +77,8 @@ class Reply:
     """Answer the upstream now with this encoded ``tool_response``/``tool_error`` (None: no answer is due)."""
 
     text: str | None
+    code: str = ""
+    """The tool_error code when ``text`` is an error (for metrics)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ class ToolCalls:
         self._tools = tools
         self._transfer = transfer
         self._transfers_enabled = transfers_enabled
-        self._pending: set[str] = set()
+        self._pending: dict[str, str] = {}  # tool call id → tool name
 
     @property
     def pending(self) -> frozenset[str]:
@@ -143,18 +145,23 @@ class ToolCalls:
         if endpoint is None:
             known = ", ".join(sorted(self._tools)) or "none"
             problem = f"no tool named {name!r} on this line (known: {known})"
-            return Reply(self._error(tool_call_id, "unknown_tool", problem, "That tool is not available on this line."))
+            say = "That tool is not available on this line."
+            return Reply(self._error(tool_call_id, "unknown_tool", problem, say), "unknown_tool")
         if parameters is _INVALID:
             say = "The tool could not be called with those details."
-            return Reply(self._error(tool_call_id, "invalid_parameters", "parameters are not a JSON object", say))
-        self._pending.add(tool_call_id)
+            problem = "parameters are not a JSON object"
+            return Reply(self._error(tool_call_id, "invalid_parameters", problem, say), "invalid_parameters")
+        self._pending[tool_call_id] = name
         return Run(endpoint, parameters)
 
-    def finished(self, tool_call_id: str, outcome: ToolOutcome) -> str | None:
-        """The encoded answer for a finished endpoint call; None if it is not waiting (answered or unknown)."""
-        if tool_call_id not in self._pending:
+    def finished(self, tool_call_id: str, outcome: ToolOutcome) -> tuple[str, str] | None:
+        """The tool's name and the encoded answer for a finished endpoint call; None if it is not waiting."""
+        name = self._pending.pop(tool_call_id, None)
+        if name is None:
             return None
-        self._pending.discard(tool_call_id)
+        return name, self._answer(tool_call_id, outcome)
+
+    def _answer(self, tool_call_id: str, outcome: ToolOutcome) -> str:
         if outcome.ok:
             return self._codec.encode_tool_response(tool_call_id, outcome.content)
         return self._error(tool_call_id, outcome.code, outcome.error, outcome.content)
@@ -163,14 +170,13 @@ class ToolCalls:
         names = ", ".join(sorted(self._transfer)) or "none"
         if not self._transfers_enabled or not self._transfer:
             problem = "transfers are not configured on this line"
-            return Reply(
-                self._error(tool_call_id, "transfer_unavailable", problem, "I cannot transfer calls on this line.")
-            )
+            say = "I cannot transfer calls on this line."
+            return Reply(self._error(tool_call_id, "transfer_unavailable", problem, say), "transfer_unavailable")
         destination = parameters.get("destination") if isinstance(parameters, dict) else None
         if not isinstance(destination, str) or destination not in self._transfer:
             problem = f"destination {destination!r} is not one of: {names}"
             say = f"I can only transfer you to: {names}."
-            return Reply(self._error(tool_call_id, "unknown_destination", problem, say))
+            return Reply(self._error(tool_call_id, "unknown_destination", problem, say), "unknown_destination")
         return Transfer(
             destination,
             self._transfer[destination],
