@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway.errors import ConfigError
+from gateway.logs import configure_logging
 from gateway.settings import Settings
 
 
@@ -18,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import load_settings
 
     settings = load_settings(args.config, host=args.host, port=args.port, numbers_file=args.numbers)
+    configure_logging(args.log_level, settings.log_format)
     if settings.twilio_auth_token is None and not args.insecure:
         print(
             "gateway serve: TWILIO_AUTH_TOKEN is not set, so anyone could open calls on this server.\n"
@@ -42,9 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"gateway serve: {exc}", file=sys.stderr)
             return 2
+    from gateway.adapters.serving import serve
+
     app = make_app(settings) if args.evi == "hume" else _app_with_simulator(settings, cheap=args.evi_cheap)
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
-    return 0
+    return asyncio.run(serve(app, settings.host, settings.port))
 
 
 async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Application:
@@ -172,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and args.command not in PASS_THROUGH:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     try:
         result: int = args.func(args)
     except ConfigError as exc:

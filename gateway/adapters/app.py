@@ -21,10 +21,12 @@ from aiohttp import web
 
 from gateway.adapters.evi_client import EviConnector
 from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line, tick_calls
+from gateway.adapters.metrics import CONTENT_TYPE, AppFacts, GatewayMetrics
 from gateway.adapters.tool_client import ToolClient
 from gateway.adapters.twilio_rest import TwilioRest
 from gateway.core.call import Call
 from gateway.core.lines import LineDirectory, SingleLine
+from gateway.logs import current_call
 from gateway.numbers import load_numbers
 from gateway.settings import Settings
 from gateway.wire.stream_token import StreamTokens
@@ -56,6 +58,11 @@ class GatewayState:
     calls_started: int = 0
     calls_rejected: int = 0
     calls_busy: int = 0
+    draining: bool = False
+    """After SIGTERM (operations.md §2): not ready, new calls get the busy answer, live calls go on."""
+    numbers_error: str | None = None
+    """Why the last numbers-file reload failed (the previous file stays in use); None when it loaded."""
+    metrics: GatewayMetrics | None = None
 
     def slots_in_use(self, now: float) -> int:
         """Live calls plus unexpired reservations (expired ones are dropped here)."""
@@ -96,9 +103,13 @@ def make_app(
     app.router.add_get(MEDIA_PATH, media_stream)
     app.router.add_post(STATUS_PATH, stream_status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
     if settings.admin_token is not None:
         app.router.add_get("/calls", list_calls)
         app.router.add_post("/calls/{call_sid}/say", say_on_call)
+    state = app[STATE]
+    state.metrics = GatewayMetrics(lambda: _facts(state))
     app.cleanup_ctx.append(_ticker)
     app.cleanup_ctx.append(_clients)
     app.on_shutdown.append(_close_calls)
@@ -156,13 +167,15 @@ async def voice_webhook(request: web.Request) -> web.Response:
     if not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
     now = asyncio.get_running_loop().time()
-    if call_sid not in state.reservations and state.slots_in_use(now) >= state.settings.max_concurrent_calls:
+    full = call_sid not in state.reservations and state.slots_in_use(now) >= state.settings.max_concurrent_calls
+    if full or state.draining:
         # Admission happens here, before the call is answered: the caller hears why, or reaches the overflow line.
         line = state.lines.line_for(str(params.get("To", "")) or None)
         state.calls_busy += 1
-        log.warning(
-            "voice webhook: at capacity (%d calls), call %s gets the busy answer", len(state.active_calls), call_sid
-        )
+        why = "draining" if state.draining else "overflow" if line.overflow_number else "busy"
+        _refused(state, why)
+        calls = len(state.active_calls)
+        log.warning("voice webhook: %s (%d calls), call %s gets the busy answer", why, calls, call_sid)
         return web.Response(
             text=busy_twiml(line.busy_message, overflow_number=line.overflow_number), content_type="text/xml"
         )
@@ -197,6 +210,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     if state.slots_in_use(now) >= settings.max_concurrent_calls:
         log.warning("media stream: at capacity (%d calls), refusing", settings.max_concurrent_calls)
         state.calls_rejected += 1
+        _refused(state, "upgrade_at_capacity")
         raise web.HTTPServiceUnavailable(text="at capacity")
     # twilio-media-streams.md P13: no compression; frames bounded.
     ws = web.WebSocketResponse(compress=False, max_msg_size=settings.twilio_max_message_bytes)
@@ -210,14 +224,20 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         state.connect_upstream,
         run_tool=state.tools.run if state.tools is not None else None,
         move_call=state.twilio.transfer if state.twilio is not None else None,
+        metrics=state.metrics,
     )
     state.active_calls.add(runner)
     state.calls_started += 1
+    current_call.set(call)  # this request's task and every task of the call log with its SIDs
     try:
         await runner.run()
     finally:
         state.active_calls.discard(runner)
-        log.info("%s", end_of_call_line(call, asyncio.get_running_loop().time()))
+        stats = call.statistics(asyncio.get_running_loop().time())
+        if state.metrics is not None:
+            state.metrics.observe(call.observed.take())
+            state.metrics.call_ended(stats)
+        log.info("%s", end_of_call_line(stats))
     return ws
 
 
@@ -237,6 +257,40 @@ async def stream_status(request: web.Request) -> web.Response:
         params.get("StreamError", ""),
     )
     return web.Response(status=204)
+
+
+def _refused(state: GatewayState, reason: str) -> None:
+    if state.metrics is not None:
+        state.metrics.refusals.labels(reason).inc()
+
+
+def _facts(state: GatewayState) -> AppFacts:
+    return AppFacts(
+        active_calls=len(state.active_calls),
+        reserved_slots=len(state.reservations),
+        draining=state.draining,
+        numbers_reload_failed=state.numbers_error is not None,
+        counters={"calls_started": state.calls_started},
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness (operations.md §2): 503 while draining or after a failed numbers-file reload."""
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining", "active_calls": len(state.active_calls)}, status=503)
+    if state.numbers_error is not None:
+        return web.json_response({"status": "numbers file failed to reload", "error": state.numbers_error}, status=503)
+    return web.json_response({"status": "ready", "active_calls": len(state.active_calls)})
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text; live calls' pending observations are taken first (operations.md §1)."""
+    state = request.app[STATE]
+    assert state.metrics is not None
+    for runner in state.active_calls:
+        state.metrics.observe(runner.call.observed.take())
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def healthz(request: web.Request) -> web.Response:

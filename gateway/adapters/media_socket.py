@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
+from gateway.adapters.metrics import GatewayMetrics
 from gateway.adapters.ticker import ticks
 from gateway.codecs.framing import FRAME_MS
 from gateway.core.actions import (
@@ -31,8 +32,10 @@ from gateway.core.actions import (
 )
 from gateway.core.call import Call
 from gateway.core.states import CallState
+from gateway.core.stats import CallStats
 from gateway.core.tools import ToolOutcome
 from gateway.errors import TwilioRestError
+from gateway.logs import current_call
 from gateway.wire.upstream import SessionStart
 
 log = logging.getLogger("gateway.call")
@@ -75,16 +78,19 @@ class CallRunner:
         *,
         run_tool: RunToolCall | None = None,
         move_call: MoveCall | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.call = call
         self._ws = ws
         self._connect_upstream = connect_upstream
         self._run_tool = run_tool
         self._move_call = move_call
+        self._metrics = metrics
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
-        self._twilio_out: asyncio.Queue[object] = asyncio.Queue()
-        self._upstream_out: asyncio.Queue[object] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
+        # Frames wait with the time their input was read: the writers measure the gateway's added latency.
+        self._twilio_out: asyncio.Queue[tuple[SendTwilio | CloseTwilio, float]] = asyncio.Queue()
+        self._upstream_out: asyncio.Queue[tuple[str, float] | object] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
         self._upstream: Upstream | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._upstream_close_requested = False
@@ -117,21 +123,23 @@ class CallRunner:
 
     # -------------------------------------------------------------- executing the core's decisions
 
-    def execute(self, actions: list[Action]) -> None:
-        """Queue the core's actions, in order, without awaiting anything."""
+    def execute(self, actions: list[Action], input_s: float | None = None) -> None:
+        """Queue the core's actions, in order, without awaiting anything (``input_s``: when the input that
+        produced them was read; now if not given)."""
+        stamp = self._loop.time() if input_s is None else input_s
         for action in actions:
             match action:
                 case SendTwilio():
-                    self._twilio_out.put_nowait(action.text)
+                    self._twilio_out.put_nowait((action, stamp))
                 case SendUpstream():
-                    self._send_upstream(action.text)
+                    self._send_upstream(action.text, stamp)
                 case OpenUpstream():
                     assert self._tg is not None
                     self._upstream_task = self._tg.create_task(self._run_upstream(action.session), name="upstream")
                 case CloseUpstream():
                     self._close_upstream()
                 case CloseTwilio():
-                    self._twilio_out.put_nowait(action)
+                    self._twilio_out.put_nowait((action, stamp))
                 case RunTool():
                     self._side_task(self._tool(action), f"tool-{action.endpoint.name}")
                 case TransferCall():
@@ -160,9 +168,9 @@ class CallRunner:
         except TwilioRestError as exc:
             self.execute(self.call.transfer_failed(self.now(), str(exc)))
 
-    def _send_upstream(self, text: str) -> None:
+    def _send_upstream(self, text: str, stamp: float) -> None:
         try:
-            self._upstream_out.put_nowait(text)
+            self._upstream_out.put_nowait((text, stamp))
         except asyncio.QueueFull:
             self.upstream_frames_dropped += 1
             if self.upstream_frames_dropped == 1:
@@ -189,7 +197,8 @@ class CallRunner:
         while True:
             msg = await ws.receive()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                self.execute(self.call.receive_twilio(msg.data, self.now()))
+                now = self.now()
+                self.execute(self.call.receive_twilio(msg.data, now), now)
                 continue
             if msg.type is WSMsgType.ERROR:
                 log.warning("T< socket error: %s", ws.exception())
@@ -198,23 +207,29 @@ class CallRunner:
 
     async def _write_twilio(self) -> None:
         ws = self._ws
+        metrics = self._metrics
         while True:
-            item = await self._twilio_out.get()
+            item, stamp = await self._twilio_out.get()
             if isinstance(item, CloseTwilio):
                 await ws.close(code=item.code, message=item.reason.encode()[:120])
                 return
-            assert isinstance(item, str)
             if ws.closed:
                 continue
             try:
-                await ws.send_str(item)
+                await ws.send_str(item.text)
             except ConnectionError:
                 log.info("T> socket gone while sending")
+                continue
+            if metrics is not None:
+                if item.kind == "media":
+                    metrics.frame_sent("evi_to_caller", self._loop.time() - stamp)
+                elif item.kind == "clear":
+                    metrics.clear_to_silence.observe(self._loop.time() - stamp)
 
     def tick(self, now: float) -> None:
         """Called by the app-wide ticker every 20 ms while this call runs."""
         if self.call.state is not CallState.CLOSED:
-            self.execute(self.call.tick(now))
+            self.execute(self.call.tick(now), now)
 
     # ------------------------------------------------------------------ the upstream socket
 
@@ -233,7 +248,8 @@ class CallRunner:
                 self._upstream_out.put_nowait(_CLOSE)
             self.execute(self.call.upstream_opened(self.now()))
             async for message in upstream.messages():
-                self.execute(self.call.receive_upstream(message, self.now()))
+                now = self.now()
+                self.execute(self.call.receive_upstream(message, now), now)
         except ConnectionError as exc:
             log.info("E< connection lost: %s", exc)
         finally:
@@ -246,22 +262,27 @@ class CallRunner:
         self.execute(self.call.upstream_closed(self.now(), upstream.close_code, upstream.close_reason))
 
     async def _write_upstream(self, upstream: Upstream) -> None:
+        metrics = self._metrics
         while True:
             item = await self._upstream_out.get()
             if item is _CLOSE:
                 await upstream.close(1000, "call ended")
                 return
-            assert isinstance(item, str)
+            assert isinstance(item, tuple)
+            text, stamp = item
             try:
-                await upstream.send(item)
+                await upstream.send(text)
             except ConnectionError:
                 return
+            if metrics is not None:
+                metrics.frame_sent("caller_to_evi", self._loop.time() - stamp)
 
 
 async def tick_calls(calls: set[CallRunner]) -> None:
     """One drift-free 20 ms ticker for every call of the app (a task per call costs a wake-up per call)."""
     async for now in ticks(FRAME_MS / 1000):
         for runner in list(calls):
+            current_call.set(runner.call)  # the ticker's lines carry the call they are about
             try:
                 runner.tick(now)
             except Exception:  # one call's bug must not stop the clock of the others
@@ -269,6 +290,6 @@ async def tick_calls(calls: set[CallRunner]) -> None:
                 runner.execute(runner.call.twilio_closed(now))
 
 
-def end_of_call_line(call: Call, now: float) -> str:
+def end_of_call_line(stats: CallStats) -> str:
     """The one structured log line written when a call ends."""
-    return json.dumps({"event": "call_ended", **call.statistics(now).as_dict()}, default=str, separators=(",", ":"))
+    return json.dumps({"event": "call_ended", **stats.as_dict()}, default=str, separators=(",", ":"))
