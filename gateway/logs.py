@@ -6,8 +6,9 @@ import contextvars
 import json
 import logging
 import re
+import sys
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TextIO
 
 # Header lines ("> X-Hume-Api-Key: …"), query values (api_key=…, access_token=…) and HTTP auth headers.
 _SECRET_PATTERNS = (
@@ -88,14 +89,26 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (it may be replaced, e.g. under test)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Root logging for the command line: ``text`` for a terminal, ``json`` for a log pipeline; secrets are
-    redacted either way."""
-    handler = logging.StreamHandler()
+    redacted either way. Calling it again replaces the handler it installed, and only that one."""
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RedactSecrets())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _Stderr)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -95,8 +95,10 @@ def test_configure_logging_switches_format() -> None:
         formatters = []
         for log_format in ("json", "text"):
             configure_logging("info", log_format)
-            formatters.append(type(root.handlers[0].formatter))
-            assert any(isinstance(f, RedactSecrets) for f in root.handlers[0].filters)
+            ours = [h for h in root.handlers if h not in saved[0]]
+            assert len(ours) == 1  # the second call replaced the first one's handler
+            formatters.append(type(ours[0].formatter))
+            assert any(isinstance(f, RedactSecrets) for f in ours[0].filters)
         assert formatters == [JsonFormatter, logging.Formatter]
     finally:
         root.handlers[:] = saved[0]

@@ -152,6 +152,10 @@ class Call:
             case tw.Dtmf():
                 return self._handle(Input.DTMF, now, lambda: self._on_dtmf(message))
             case tw.Stop():
+                if self.stream_sid is not None and message.stream_sid != self.stream_sid:
+                    self._count("twilio_wrong_stream_sid")  # docs/twilio-media-streams.md P10: not our stream
+                    log.warning("T< stop for another stream ignored")
+                    return self._handle(Input.TWILIO_IGNORED, now)
                 log.info("T< stop (call %s)", message.call_sid)
                 return self._handle(Input.STOP, now)
             case tw.UnknownEvent():
@@ -579,7 +583,9 @@ class Call:
         log.info("= call %s ended: %s %s", self.call_sid, reason.value, detail)
         actions = self._close_upstream()
         if transition.cause is not Input.TWILIO_CLOSED:
-            actions.append(CloseTwilio(CLOSE_CODES.get(reason, 1000), detail[:120] or reason.value))
+            # The close reason is our own end-reason word (ASCII, far below RFC 6455's 123 bytes): a peer's text
+            # (EVI's error messages, URLs) never travels to the other peer.
+            actions.append(CloseTwilio(CLOSE_CODES.get(reason, 1000), reason.value))
         return actions
 
     def _close_upstream(self) -> list[Action]:

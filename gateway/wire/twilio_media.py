@@ -290,7 +290,8 @@ class _MarkWire(_InboundWire):
 
 class _DtmfBodyWire(_InboundWire):
     track: str
-    digit: str = Field(min_length=1)
+    # §1.4: one key of a telephone keypad (DTMF has 16: 0-9, *, #, A-D); anything else is not a keypress.
+    digit: str = Field(pattern=r"^[0-9*#A-D]$")
 
 
 class _DtmfWire(_InboundWire):
