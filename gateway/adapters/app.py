@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.adapters.evi_client import EviConnector
 from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line, tick_calls
 from gateway.adapters.metrics import CONTENT_TYPE, AppFacts, GatewayMetrics
+from gateway.adapters.recordings import Recordings
 from gateway.adapters.tool_client import ToolClient
 from gateway.adapters.twilio_rest import TwilioRest
 from gateway.core.call import Call
@@ -63,6 +64,8 @@ class GatewayState:
     numbers_error: str | None = None
     """Why the last numbers-file reload failed (the previous file stays in use); None when it loaded."""
     metrics: GatewayMetrics | None = None
+    recordings: Recordings | None = None
+    """Recordings and post-call webhooks (docs/recordings.md); None when neither is configured."""
 
     def slots_in_use(self, now: float) -> int:
         """Live calls plus unexpired reservations (expired ones are dropped here)."""
@@ -135,7 +138,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     if settings.twilio_account_sid and settings.twilio_auth_token:
         token = settings.twilio_auth_token.get_secret_value()
         state.twilio = TwilioRest(settings.twilio_account_sid, token, settings.twilio_api_url)
+    if settings.recordings_dir is not None or settings.post_call_url is not None:
+        state.recordings = Recordings(settings.recordings_dir, settings.post_call_url, session, secret, state.codec)
     yield
+    if state.recordings is not None:
+        await state.recordings.aclose()
     await session.close()
     if state.twilio is not None:
         await state.twilio.close()
@@ -218,6 +225,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     now = asyncio.get_running_loop().time()
     tokens = state.tokens if auth_token is not None else None
     call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines)
+    tap = state.recordings.tap(call) if state.recordings is not None else None
     runner = CallRunner(
         call,
         ws,
@@ -225,6 +233,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         run_tool=state.tools.run if state.tools is not None else None,
         move_call=state.twilio.transfer if state.twilio is not None else None,
         metrics=state.metrics,
+        recording=tap,
     )
     state.active_calls.add(runner)
     state.calls_started += 1
@@ -238,6 +247,8 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
             state.metrics.observe(call.observed.take())
             state.metrics.call_ended(stats)
         log.info("%s", end_of_call_line(stats))
+        if state.recordings is not None:
+            state.recordings.finish(tap, stats, asyncio.get_running_loop().time())
     return ws
 
 
@@ -270,7 +281,10 @@ def _facts(state: GatewayState) -> AppFacts:
         reserved_slots=len(state.reservations),
         draining=state.draining,
         numbers_reload_failed=state.numbers_error is not None,
-        counters={"calls_started": state.calls_started},
+        counters={
+            "calls_started": state.calls_started,
+            **(state.recordings.counters() if state.recordings is not None else Recordings.ZERO),
+        },
     )
 
 

@@ -64,6 +64,18 @@ ConnectUpstream = Callable[[SessionStart], Awaitable[Upstream]]
 RunToolCall = Callable[[RunTool], Awaitable[ToolOutcome]]
 MoveCall = Callable[[str, str], Awaitable[None]]
 """``(call_sid, target)``: move a live call with a REST update; raises TwilioRestError on failure."""
+
+
+class CallRecorder(Protocol):
+    """Watches a call's frames (gateway.adapters.recordings.CallTap); must never raise."""
+
+    def twilio_read(self, text: str | bytes, now_s: float) -> None: ...
+
+    def twilio_written(self, text: str, now_s: float) -> None: ...
+
+    def upstream_read(self, text: str | bytes, now_s: float) -> None: ...
+
+
 _CLOSE = object()
 
 
@@ -79,8 +91,10 @@ class CallRunner:
         run_tool: RunToolCall | None = None,
         move_call: MoveCall | None = None,
         metrics: GatewayMetrics | None = None,
+        recording: CallRecorder | None = None,
     ) -> None:
         self.call = call
+        self.recording = recording
         self._ws = ws
         self._connect_upstream = connect_upstream
         self._run_tool = run_tool
@@ -199,6 +213,8 @@ class CallRunner:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 now = self.now()
                 self.execute(self.call.receive_twilio(msg.data, now), now)
+                if self.recording is not None:
+                    self.recording.twilio_read(msg.data, now)
                 continue
             if msg.type is WSMsgType.ERROR:
                 log.warning("T< socket error: %s", ws.exception())
@@ -220,6 +236,8 @@ class CallRunner:
             except ConnectionError:
                 log.info("T> socket gone while sending")
                 continue
+            if self.recording is not None:
+                self.recording.twilio_written(item.text, self._loop.time())
             if metrics is not None:
                 if item.kind == "media":
                     metrics.frame_sent("evi_to_caller", self._loop.time() - stamp)
@@ -249,6 +267,8 @@ class CallRunner:
             self.execute(self.call.upstream_opened(self.now()))
             async for message in upstream.messages():
                 now = self.now()
+                if self.recording is not None:
+                    self.recording.upstream_read(message, now)
                 self.execute(self.call.receive_upstream(message, now), now)
         except ConnectionError as exc:
             log.info("E< connection lost: %s", exc)
