@@ -180,3 +180,21 @@ def test_mint_refuses_empty_call_sid() -> None:
     """Minting for an empty call SID is refused."""
     with pytest.raises(ValueError, match="call SID"):
         StreamTokens(SECRET).mint("", T0)
+
+
+def test_a_token_from_a_replica_whose_clock_runs_ahead_is_accepted_within_the_skew() -> None:
+    """Minted by a replica whose clock is 1.5 s ahead, a token is OK on one allowing 2 s of skew and EXPIRED
+    (from the future) on one allowing none; beyond the skew it is refused on both."""
+    minting = StreamTokens(SECRET, ttl_s=30.0)
+    tolerant, strict = StreamTokens(SECRET, ttl_s=30.0, clock_skew_s=2.0), StreamTokens(SECRET, ttl_s=30.0)
+    token = minting.mint(CALL, T0 + 1.5)  # the redeeming replicas read T0 at that moment
+    assert strict.redeem(token, CALL, T0) is TokenVerdict.EXPIRED
+    assert tolerant.redeem(token, CALL, T0) is TokenVerdict.OK
+    assert tolerant.redeem(minting.mint(CALL, T0 + 2.5), CALL, T0) is TokenVerdict.EXPIRED
+
+
+@pytest.mark.parametrize("clock_skew_s", [-1.0, 30.0, float("inf")])
+def test_a_skew_outside_zero_to_ttl_is_a_config_error(clock_skew_s: float) -> None:
+    """The allowed clock skew must be at least 0 and less than the token's life."""
+    with pytest.raises(ConfigError, match="clock_skew_s"):
+        StreamTokens(SECRET, ttl_s=30.0, clock_skew_s=clock_skew_s)

@@ -4,11 +4,13 @@ Owns: minting the token the voice webhook puts in ``<Parameter name="token">`` a
 ``start.customParameters`` before any audio is bridged ("Defence in depth" in §3.6).
 
 Token text: ``v1.<nonce>.<expiry_ms>.<call_sid>.<mac>`` — nonce and call SID base64url, expiry in
-integer milliseconds of the caller's monotonic clock, mac = HMAC-SHA256 over the other fields. About
+integer milliseconds of the clock the caller passes, mac = HMAC-SHA256 over the other fields. About
 120 characters for a 34-character call SID, well under the 500 a ``<Parameter>`` allows (§3.1).
 
-Expiry is on the monotonic clock and redeemed nonces live in memory, so a token is good only in the
-process that minted it: the webhook and the media socket of one call must reach the same process.
+Several replicas verify each other's tokens when they share the secret and pass the wall clock
+(``time.time()``, as the app does), with ``clock_skew_s`` for the disagreement between their clocks.
+Redeemed nonces live in memory, so single use holds per process: a token captured in flight could be
+redeemed once more on another replica within its life (deployment.md §3).
 """
 
 from __future__ import annotations
@@ -60,18 +62,22 @@ class StreamTokens:
     """Mints and redeems stream tokens; remembers redeemed nonces until they expire.
 
     Memory is bounded by the tokens redeemed within one ``ttl_s``: expired nonces are pruned on every
-    ``mint`` and ``redeem``. Time is passed in (monotonic seconds); this class reads no clock.
+    ``mint`` and ``redeem``. Time is passed in (seconds of one clock for mint and redeem); this class reads no clock.
     """
 
-    __slots__ = ("_expiry_heap", "_secret", "_ttl_ms", "_used")
+    __slots__ = ("_expiry_heap", "_secret", "_skew_ms", "_ttl_ms", "_used")
 
-    def __init__(self, secret: bytes, ttl_s: float = 30.0) -> None:
+    def __init__(self, secret: bytes, ttl_s: float = 30.0, *, clock_skew_s: float = 0.0) -> None:
+        """``clock_skew_s``: how far the minting clock may run ahead of this one (replicas on other hosts)."""
         if len(secret) < _MIN_SECRET_BYTES:
             raise ConfigError(f"stream token secret must be at least {_MIN_SECRET_BYTES} bytes")
         if not (math.isfinite(ttl_s) and ttl_s > 0):
             raise ConfigError(f"stream token ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        if not (math.isfinite(clock_skew_s) and 0 <= clock_skew_s < ttl_s):
+            raise ConfigError(f"stream token clock_skew_s must be in [0, ttl_s), got {clock_skew_s!r}")
         self._secret = secret
         self._ttl_ms = math.ceil(ttl_s * 1000)
+        self._skew_ms = math.ceil(clock_skew_s * 1000)
         self._used: dict[str, int] = {}  # nonce -> expiry_ms
         self._expiry_heap: list[tuple[int, str]] = []
 
@@ -110,8 +116,9 @@ class StreamTokens:
         if not hmac.compare_digest(token_call, call_sid.encode("utf-8", "surrogatepass")):
             return TokenVerdict.WRONG_CALL
         expiry_ms = int(expiry)
-        # Past its expiry, or further ahead than one ttl (minted under another clock, e.g. before a reboot).
-        if not now_ms < expiry_ms <= now_ms + self._ttl_ms:
+        # Past its expiry, or further ahead than one ttl (plus the skew allowed between replicas' clocks):
+        # minted under another clock, e.g. before a reboot.
+        if not now_ms < expiry_ms <= now_ms + self._ttl_ms + self._skew_ms:
             return TokenVerdict.EXPIRED
         if nonce in self._used:
             return TokenVerdict.REUSED
