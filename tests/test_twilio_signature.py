@@ -8,6 +8,7 @@ import hmac
 
 import pytest
 from multidict import MultiDict, MultiDictProxy
+from twilio.request_validator import HMAC_SHA256
 
 from gateway.errors import ConfigError
 from gateway.wire.twilio_signature import sign_request, webhook_signature_ok, websocket_signature_ok
@@ -137,3 +138,59 @@ def test_empty_auth_token_is_config_error() -> None:
         websocket_signature_ok("", WS_URL, _reference_signature("", WS_URL, []))
     with pytest.raises(ConfigError, match="auth token"):
         sign_request("", WS_URL, {})
+
+
+SHARED_KEY = "shared-key-secret-0123456789abcdef"
+RULE_HEADER = "key=webhooks_sharedkey_01j8example,algorithm=HMAC_SHA256"
+
+
+def test_query_string_is_signed_as_part_of_the_url() -> None:
+    """The URL signed is the full one, query included and still encoded: another query, or the same one
+    decoded, fails."""
+    url = WEBHOOK_URL + "?line=a&to=client%3Aalice"
+    signature = sign_request(TOKEN, url, PARAMS)
+    assert signature == _reference_signature(TOKEN, url, list(PARAMS.items()))
+    assert webhook_signature_ok(TOKEN, url, PARAMS, signature)
+    assert not webhook_signature_ok(TOKEN, WEBHOOK_URL, PARAMS, signature)
+    assert not webhook_signature_ok(TOKEN, WEBHOOK_URL + "?line=a&to=client:alice", PARAMS, signature)
+
+
+def test_shared_key_mode_uses_the_key_and_algorithm_the_header_names() -> None:
+    """With the Webhooks Rule header, the SharedKey and HMAC-SHA256 validate; the auth token does not, nor does
+    the shared-key signature without the header, nor any signature when no shared key is configured."""
+    signature = sign_request(SHARED_KEY, WEBHOOK_URL, PARAMS, algorithm=HMAC_SHA256)
+    reference = base64.b64encode(
+        hmac.new(
+            SHARED_KEY.encode(),
+            (WEBHOOK_URL + "".join(k + v for k, v in sorted(PARAMS.items()))).encode(),
+            hashlib.sha256,
+        ).digest()
+    ).decode()
+    assert signature == reference
+    ok = webhook_signature_ok
+    assert ok(TOKEN, WEBHOOK_URL, PARAMS, signature, settings_header=RULE_HEADER, shared_key=SHARED_KEY)
+    assert not ok(TOKEN, WEBHOOK_URL, PARAMS, signature, shared_key=SHARED_KEY)
+    assert not ok(TOKEN, WEBHOOK_URL, PARAMS, signature, settings_header=RULE_HEADER)
+    sha1 = sign_request(TOKEN, WEBHOOK_URL, PARAMS)
+    assert not ok(TOKEN, WEBHOOK_URL, PARAMS, sha1, settings_header=RULE_HEADER, shared_key=SHARED_KEY)
+    unknown = RULE_HEADER.replace("HMAC_SHA256", "HMAC_SHA512")
+    assert not ok(TOKEN, WEBHOOK_URL, PARAMS, signature, settings_header=unknown, shared_key=SHARED_KEY)
+
+
+def test_a_json_body_is_checked_by_its_hash_in_the_url() -> None:
+    """With ``bodySHA256`` in the signed URL, the body it hashes validates and any other body fails; a body is
+    never accepted through a URL without that hash."""
+    body = '{"CallSid":"CA1"}'
+    url = WEBHOOK_URL + "?bodySHA256=" + hashlib.sha256(body.encode()).hexdigest()
+    signature = sign_request(TOKEN, url, {})
+    assert webhook_signature_ok(TOKEN, url, {}, signature, body=body)
+    assert not webhook_signature_ok(TOKEN, url, {}, signature, body='{"CallSid":"CA2"}')
+    assert not webhook_signature_ok(TOKEN, WEBHOOK_URL, {}, sign_request(TOKEN, WEBHOOK_URL, {}), body=body)
+
+
+def test_websocket_signature_honours_the_shared_key_header() -> None:
+    """An upgrade carrying the Webhooks Rule header is checked with the SharedKey and its algorithm."""
+    signature = sign_request(SHARED_KEY, WS_URL, {}, algorithm=HMAC_SHA256)
+    assert websocket_signature_ok(TOKEN, WS_URL, signature, settings_header=RULE_HEADER, shared_key=SHARED_KEY)
+    assert not websocket_signature_ok(TOKEN, WS_URL, signature)
+    assert not websocket_signature_ok(TOKEN, WS_URL, signature, settings_header=RULE_HEADER)
