@@ -30,6 +30,7 @@ SECRET_FIELDS = (
     "tool_signing_secret",
     "admin_token",
     "stream_token_secret",
+    "twilio_webhook_shared_key",
 )
 PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 
@@ -118,6 +119,9 @@ class Settings(BaseSettings):
     )
     stream_token_secret: SecretStr | None = Field(
         None, description="HMAC key of stream tokens, shared by every replica (random per process if unset; env only)"
+    )
+    twilio_webhook_shared_key: SecretStr | None = Field(
+        None, description="a Webhooks Rule's SharedKey secret, for webhooks signed with HMAC-SHA256 (env only)"
     )
     recordings_dir: Path | None = Field(None, description="where recorded calls are written (WAV + JSONL)")
     post_call_url: str | None = Field(None, description="signed POST of each call's summary after it ends")

@@ -13,11 +13,14 @@ import contextlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiDictProxy, MultiMapping
 
 from gateway.adapters.evi_client import EviConnector
 from gateway.adapters.media_socket import CallRunner, Upstream, end_of_call_line, tick_calls
@@ -30,8 +33,8 @@ from gateway.core.lines import LineDirectory, SingleLine
 from gateway.logs import current_call
 from gateway.numbers import load_numbers
 from gateway.settings import Settings
-from gateway.wire.stream_token import StreamTokens
-from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
+from gateway.wire.stream_token import StreamTokens, TokenVerdict
+from gateway.wire.twilio_signature import SETTINGS_HEADER, webhook_signature_ok, websocket_signature_ok
 from gateway.wire.twiml import busy_twiml, connect_stream_twiml, stream_url_from_public_url
 from gateway.wire.upstream import SessionStart, UpstreamCodec
 
@@ -97,12 +100,17 @@ def make_app(
     assert codec is not None, "a custom connect_upstream needs its codec"
     app[STATE] = GatewayState(
         settings=settings,
-        tokens=StreamTokens(secrets.token_bytes(32), ttl_s=settings.stream_token_ttl_s),
+        tokens=StreamTokens(
+            _token_secret(settings),
+            ttl_s=settings.stream_token_ttl_s,
+            clock_skew_s=min(TOKEN_CLOCK_SKEW_S, settings.stream_token_ttl_s / 2),
+        ),
         connect_upstream=connect_upstream,
         codec=codec,
         lines=lines,
     )
     app.router.add_post(VOICE_PATH, voice_webhook)
+    app.router.add_get(VOICE_PATH, voice_webhook, allow_head=False)  # a number whose webhook is set to HTTP GET
     app.router.add_get(MEDIA_PATH, media_stream)
     app.router.add_post(STATUS_PATH, stream_status)
     app.router.add_get("/healthz", healthz)
@@ -117,6 +125,34 @@ def make_app(
     app.cleanup_ctx.append(_clients)
     app.on_shutdown.append(_close_calls)
     return app
+
+
+TOKEN_CLOCK_SKEW_S = 2.0
+"""How far the clock of the replica that minted a stream token may run ahead of the one redeeming it."""
+
+
+def _token_secret(settings: Settings) -> bytes:
+    """GATEWAY_STREAM_TOKEN_SECRET, shared by every replica; a random key per process without it."""
+    if settings.stream_token_secret is not None:
+        return settings.stream_token_secret.get_secret_value().encode()
+    if settings.twilio_auth_token is not None:  # tokens are checked: a stream reaching another process fails
+        log.warning(
+            "GATEWAY_STREAM_TOKEN_SECRET is unset: stream tokens use a random key of this process, so the webhook "
+            "and the stream of a call must reach the same process; set it, the same on every replica, to run several"
+        )
+    return secrets.token_bytes(32)
+
+
+class WallClockTokens:
+    """Stream tokens redeemed against the wall clock: it is the clock every replica shares, so a token minted
+    by one replica expires at the same moment on all of them (the loop's monotonic clock is per host)."""
+
+    def __init__(self, tokens: StreamTokens) -> None:
+        self._tokens = tokens
+
+    def redeem(self, token: str, call_sid: str, now_s: float) -> TokenVerdict:
+        """``now_s`` (the call's monotonic time) is not used: expiry is on ``time.time()``."""
+        return self._tokens.redeem(token, call_sid, time.time())
 
 
 async def _ticker(app: web.Application) -> AsyncIterator[None]:
@@ -159,17 +195,50 @@ def _auth_token(request: web.Request) -> str | None:
     return token.get_secret_value() if token else None
 
 
+def _requested_target(request: web.Request) -> tuple[str, str]:
+    """The path and the ``?query`` (``""`` when none) of the request as it arrived, percent-encoding untouched:
+    with GATEWAY_PUBLIC_URL in front, the URL Twilio requested and signed (twilio-media-streams.md §3.6)."""
+    path, mark, query = request.raw_path.partition("?")
+    if not path.startswith("/"):  # an absolute-form target, http://host/path
+        path = request.rel_url.raw_path
+    return path, mark + query
+
+
+def _shared_key(request: web.Request) -> str | None:
+    key = request.app[STATE].settings.twilio_webhook_shared_key
+    return key.get_secret_value() if key else None
+
+
+async def _signed_params(request: web.Request) -> MultiMapping[Any]:
+    """Twilio's parameters (the form of a POST, the query of a GET), after checking ``X-Twilio-Signature``
+    over the full public URL, query string included, as Twilio signs it (twilio-media-streams.md §3.6)."""
+    form: MultiDictProxy[Any] = await request.post()  # empty for a GET, and for a body that is not a form
+    params: MultiMapping[Any] = form if request.method == "POST" else request.query
+    auth_token = _auth_token(request)
+    if auth_token is None:
+        return params
+    path, query = _requested_target(request)
+    # A JSON body is signed through its SHA-256 in the query (bodySHA256); the SDK checks that hash.
+    body = await request.text() if "bodySHA256" in request.query else None
+    if not webhook_signature_ok(
+        auth_token,
+        _public_base(request) + path + query,
+        form,
+        request.headers.get("X-Twilio-Signature"),
+        settings_header=request.headers.get(SETTINGS_HEADER),
+        shared_key=_shared_key(request),
+        body=body,
+    ):
+        log.warning("%s %s: bad or missing X-Twilio-Signature from %s", request.method, path, request.remote)
+        raise web.HTTPForbidden(text="invalid Twilio signature")
+    return params
+
+
 async def voice_webhook(request: web.Request) -> web.Response:
     """Answer a call with ``<Connect><Stream>`` carrying a signed single-use stream token."""
     state = request.app[STATE]
-    params = await request.post()
-    auth_token = _auth_token(request)
+    params = await _signed_params(request)
     base = _public_base(request)
-    if auth_token is not None and not webhook_signature_ok(
-        auth_token, base + VOICE_PATH, params, request.headers.get("X-Twilio-Signature")
-    ):
-        log.warning("voice webhook: bad or missing X-Twilio-Signature from %s", request.remote)
-        raise web.HTTPForbidden(text="invalid Twilio signature")
     call_sid = str(params.get("CallSid", ""))
     if not call_sid:
         raise web.HTTPBadRequest(text="CallSid missing")
@@ -187,7 +256,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
             text=busy_twiml(line.busy_message, overflow_number=line.overflow_number), content_type="text/xml"
         )
     state.reservations[call_sid] = now + state.settings.stream_token_ttl_s
-    parameters = {"token": state.tokens.mint(call_sid, now)}
+    parameters = {"token": state.tokens.mint(call_sid, time.time())}
     for key, form_name in (("caller_number", "From"), ("called_number", "To")):
         if value := str(params.get(form_name, "")):
             parameters[key] = value[:64]
@@ -203,9 +272,14 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
     auth_token = _auth_token(request)
-    ws_url = stream_url_from_public_url(_public_base(request), MEDIA_PATH)
+    # The stream URL of the TwiML (no query); a query on the upgrade is covered too, so it must be signed.
+    ws_url = stream_url_from_public_url(_public_base(request), MEDIA_PATH) + _requested_target(request)[1]
     if auth_token is not None and not websocket_signature_ok(
-        auth_token, ws_url, request.headers.get("X-Twilio-Signature")
+        auth_token,
+        ws_url,
+        request.headers.get("X-Twilio-Signature"),
+        settings_header=request.headers.get(SETTINGS_HEADER),
+        shared_key=_shared_key(request),
     ):
         log.warning("media stream: bad or missing x-twilio-signature from %s", request.remote)
         state.calls_rejected += 1
@@ -223,7 +297,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(compress=False, max_msg_size=settings.twilio_max_message_bytes)
     await ws.prepare(request)
     now = asyncio.get_running_loop().time()
-    tokens = state.tokens if auth_token is not None else None
+    tokens = WallClockTokens(state.tokens) if auth_token is not None else None
     call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines)
     tap = state.recordings.tap(call) if state.recordings is not None else None
     runner = CallRunner(
@@ -254,12 +328,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
 
 async def stream_status(request: web.Request) -> web.Response:
     """twilio-media-streams.md §3.1: the only place a failed stream handshake's error shows up."""
-    params = await request.post()
-    auth_token = _auth_token(request)
-    if auth_token is not None and not webhook_signature_ok(
-        auth_token, _public_base(request) + STATUS_PATH, params, request.headers.get("X-Twilio-Signature")
-    ):
-        raise web.HTTPForbidden(text="invalid Twilio signature")
+    params = await _signed_params(request)
     log.info(
         "stream status: call %s stream %s %s %s",
         params.get("CallSid"),

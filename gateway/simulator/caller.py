@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import aiohttp
 import numpy as np
@@ -130,6 +130,11 @@ class CallerConfig:
     scripted: list[tuple[int, ScriptedEvent]] = field(default_factory=list)
     extra_webhook_params: dict[str, str] = field(default_factory=dict)
     webhook_timeout_s: float = 15.0
+    webhook_method: Literal["POST", "GET"] = "POST"
+    """How the number's webhook is configured: GET puts Twilio's parameters in the query (§4)."""
+    webhook_signed_url: str | None = None
+    """The URL Twilio signs when it differs from ``webhook_url`` (the public URL of a load balancer that
+    forwards to the gateway at ``webhook_url``)."""
     connect_timeout_s: float = 10.0
     underrun_gap_max_ms: float = UNDERRUN_GAP_MAX_MS
     speech_threshold: int = 300
@@ -231,6 +236,8 @@ class TwilioCaller:
             auth_token=cfg.auth_token,
             params=params,
             timeout_s=cfg.webhook_timeout_s,
+            method=cfg.webhook_method,
+            signed_url=cfg.webhook_signed_url,
         )
         stream_url = read_twiml(twiml, cfg.webhook_url, self.record, self._violation)
         self._ws = await open_stream(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from gateway.errors import DialError
 from gateway.simulator.recording import CallRecord
@@ -46,25 +47,32 @@ async def post_webhook(
     auth_token: str | None,
     params: dict[str, str],
     timeout_s: float,
+    method: str = "POST",
+    signed_url: str | None = None,
 ) -> str:
-    """§0 step 1, §4: form POST with Twilio's parameters, signed per §3.6; returns the TwiML."""
+    """§0 step 1, §4: Twilio's parameters as a form POST (or in the query of a GET), signed per §3.6 over
+    the full URL, which goes out exactly as signed (its percent-encoding untouched); returns the TwiML."""
     record.webhook_params = params
     headers = {"User-Agent": WEBHOOK_USER_AGENT}
+    url, form, signed = webhook_url, params, signed_url or webhook_url
+    if method == "GET":
+        query = ("&" if "?" in webhook_url else "?") + urlencode(params)
+        url, form, signed = url + query, {}, signed + query
     if auth_token is not None:
-        headers["X-Twilio-Signature"] = sign_request(auth_token, webhook_url, params)
+        headers["X-Twilio-Signature"] = sign_request(auth_token, signed, form)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     record.webhook_sent_s = asyncio.get_running_loop().time()
     try:
-        async with session.post(
-            webhook_url, data=params, headers=headers, allow_redirects=False, timeout=timeout
+        async with session.request(
+            method, URL(url, encoded=True), data=form or None, headers=headers, allow_redirects=False, timeout=timeout
         ) as resp:
             status, content_type, body = resp.status, resp.content_type, await resp.text()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise DialError(f"webhook POST {webhook_url} failed: {exc!r}", stage="webhook") from exc
+        raise DialError(f"webhook {method} {webhook_url} failed: {exc!r}", stage="webhook") from exc
     record.webhook_status = status
     if status != 200:
         raise DialError(
-            f"webhook POST {webhook_url} answered HTTP {status}, not 200 with TwiML", stage="webhook", status=status
+            f"webhook {method} {webhook_url} answered HTTP {status}, not 200 with TwiML", stage="webhook", status=status
         )
     record.twiml = body
     if content_type not in ("text/xml", "application/xml"):

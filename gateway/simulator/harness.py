@@ -61,11 +61,13 @@ async def running_gateway(
     *,
     hume_api_key: str | None = "test-key",
     auth_token: str | None = "",
+    public_path: str = "",
     **overrides: Any,
 ) -> AsyncIterator[RunningGateway]:
     """Serve the gateway on 127.0.0.1, bridged to ``evi_url``.
 
     ``auth_token=""`` generates a random Twilio auth token (signatures enforced); ``None`` runs insecure.
+    ``public_path`` (e.g. ``/gw``) ends ``GATEWAY_PUBLIC_URL``, as behind a proxy that strips that prefix.
     """
     if auth_token == "":
         auth_token = secrets.token_hex(16)
@@ -77,7 +79,7 @@ async def running_gateway(
                 environ={},
                 host="127.0.0.1",
                 port=port,
-                public_url=f"http://127.0.0.1:{port}",
+                public_url=f"http://127.0.0.1:{port}{public_path}",
                 evi_url=evi_url,
                 hume_api_key=hume_api_key,
                 twilio_auth_token=auth_token,
