@@ -50,7 +50,7 @@ from gateway.core.states import (
     Transition,
 )
 from gateway.core.stats import CallStats
-from gateway.core.tools import HangUp, Reply, Run, ToolCalls, ToolOutcome, Transfer
+from gateway.core.tools import HangUp, Reply, Run, ToolCalls, ToolOutcome, Transfer, call_context
 from gateway.errors import AudioFormatError, TwilioProtocolError, UpstreamProtocolError
 from gateway.ids import CallSid, ResponseId, StreamSid
 from gateway.wire import twilio_media as tw
@@ -391,42 +391,29 @@ class Call:
             case HangUp():
                 self.observed.tool_call(event.name, "ok")
                 reply = decision.reply
-                return self._handle(Input.HANG_UP, now, lambda: self._tool_reply(reply), detail="agent hung up")
+                return self._handle(Input.HANG_UP, now, lambda: _tool_reply(reply), detail="agent hung up")
             case Transfer():
                 if self._life.decide(Input.TRANSFER) is None:
                     self.observed.tool_call(event.name, "transfer_not_possible")
-                    return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(decision.refused))
+                    return self._handle(Input.UPSTREAM_EVENT, now, lambda: _tool_reply(decision.refused))
                 self.observed.tool_call(event.name, "ok")
                 self.observed.transfer("started")
                 assert self.call_sid is not None
                 self._transfer = TransferCall(self.call_sid, decision.destination, decision.target)
                 detail = f"transfer to {decision.destination}"
-                return self._handle(Input.TRANSFER, now, lambda: self._tool_reply(decision.accepted), detail=detail)
+                return self._handle(Input.TRANSFER, now, lambda: _tool_reply(decision.accepted), detail=detail)
             case Run():
-                run = RunTool(event.tool_call_id, decision.endpoint, decision.parameters, self._tool_context())
+                context = call_context(
+                    self.call_sid, self.custom_parameters, self.upstream_session_id, self.upstream_group_id
+                )
+                run = RunTool(event.tool_call_id, decision.endpoint, decision.parameters, context)
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: [run])
             case Reply():
                 if decision.text is not None:
                     self.observed.tool_call(event.name, decision.code or "ok")
                 text = decision.text
-                return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._tool_reply(text))
+                return self._handle(Input.UPSTREAM_EVENT, now, lambda: _tool_reply(text))
         assert_never(decision)
-
-    @staticmethod
-    def _tool_reply(text: str | None) -> list[Action]:
-        if text is None:
-            return []
-        kind = "tool_error" if '"tool_error"' in text[:40] else "tool_response"
-        return [SendUpstream(text, kind=kind)]
-
-    def _tool_context(self) -> dict[str, str | None]:
-        return {
-            "call_sid": self.call_sid,
-            "from": self.custom_parameters.get("caller_number"),
-            "to": self.custom_parameters.get("called_number"),
-            "chat_id": self.upstream_session_id,
-            "chat_group_id": self.upstream_group_id,
-        }
 
     def _on_upstream_ready(self, event: UpstreamReady) -> list[Action]:
         if self.upstream_group_id is not None:
@@ -623,3 +610,11 @@ class Call:
             playout=self._outbound.playout_statistics(),
             outbound=self._outbound.statistics(),
         )
+
+
+def _tool_reply(text: str | None) -> list[Action]:
+    """An encoded ``tool_response``/``tool_error`` as the frame to send (none for None)."""
+    if text is None:
+        return []
+    kind = "tool_error" if '"tool_error"' in text[:40] else "tool_response"
+    return [SendUpstream(text, kind=kind)]

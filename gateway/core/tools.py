@@ -237,3 +237,16 @@ def outcome_from_http(status: int, content_type: str, body: str) -> ToolOutcome:
 
 
 _SORRY = "The system that answers this is not available right now."
+
+
+def call_context(
+    call_sid: str | None, custom: Mapping[str, str], chat_id: str | None, chat_group_id: str | None
+) -> dict[str, str | None]:
+    """The call's identity sent with each tool request (docs/design.md "Tool endpoint contract")."""
+    return {
+        "call_sid": call_sid,
+        "from": custom.get("caller_number"),
+        "to": custom.get("called_number"),
+        "chat_id": chat_id,
+        "chat_group_id": chat_group_id,
+    }
