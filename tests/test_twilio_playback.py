@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.codecs.g711 import ULAW_SILENCE_BYTE
-from gateway.errors import ConfigError
+from gateway.errors import CallStateError, ConfigError
 from gateway.simulator.twilio_playback import MarkEcho, PlayoutGap, TwilioPlayback
 from gateway.wire import twilio_media as tw
 
@@ -91,3 +91,27 @@ def test_frame_size_must_be_positive() -> None:
     """A zero frame is a configuration error, not an endless loop."""
     with pytest.raises(ConfigError):
         TwilioPlayback(frame_ms=0)
+
+
+def test_playing_silence_in_one_step_is_the_same_as_frame_by_frame() -> None:
+    """play_silence(n) advances the media clock and the gap that follows exactly as n empty play() calls do."""
+    stepped, skipped = TwilioPlayback(), TwilioPlayback()
+    for playback in (stepped, skipped):
+        playback.media(tone(200))
+        playback.play()
+        playback.play()
+    for _ in range(5):
+        stepped.play()
+    skipped.play_silence(5)
+    for playback in (stepped, skipped):
+        playback.media(tone(160))
+    assert skipped.play() == stepped.play()
+    assert skipped.media_time_ms == stepped.media_time_ms == 160.0 and skipped.gaps == stepped.gaps
+
+
+def test_playing_silence_with_audio_queued_is_a_bug() -> None:
+    """Skipping frames over queued audio would lose it: the model refuses."""
+    playback = TwilioPlayback()
+    playback.media(tone(160))
+    with pytest.raises(CallStateError):
+        playback.play_silence(1)
