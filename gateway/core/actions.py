@@ -21,6 +21,8 @@ class SendTwilio:
 
     text: str
     kind: str = "media"
+    response_id: str | None = None
+    """Whose audio a ``media`` frame carries (the call recorder attributes heard audio by it)."""
 
     def __repr__(self) -> str:
         return f"SendTwilio({self.kind}, {len(self.text)} chars)"
@@ -92,7 +94,8 @@ def to_twilio(stream_sid: str, decisions: Iterable[PlayoutDecision]) -> Iterator
     for decision in decisions:
         match decision:
             case SendMedia():
-                yield SendTwilio(tw.media_message(stream_sid, decision.ulaw), kind="media")
+                media = tw.media_message(stream_sid, decision.ulaw)
+                yield SendTwilio(media, kind="media", response_id=decision.response_id)
             case SendMark():
                 yield SendTwilio(tw.mark_message(stream_sid, decision.name), kind="mark")
             case SendClear():
