@@ -299,7 +299,6 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     now = asyncio.get_running_loop().time()
     tokens = WallClockTokens(state.tokens) if auth_token is not None else None
     call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines)
-    tap = state.recordings.tap(call) if state.recordings is not None else None
     runner = CallRunner(
         call,
         ws,
@@ -307,7 +306,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         run_tool=state.tools.run if state.tools is not None else None,
         move_call=state.twilio.transfer if state.twilio is not None else None,
         metrics=state.metrics,
-        recording=tap,
+        recordings=state.recordings,
     )
     state.active_calls.add(runner)
     state.calls_started += 1
@@ -321,8 +320,6 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
             state.metrics.observe(call.observed.take())
             state.metrics.call_ended(stats)
         log.info("%s", end_of_call_line(stats))
-        if state.recordings is not None:
-            state.recordings.finish(tap, stats, asyncio.get_running_loop().time())
     return ws
 
 

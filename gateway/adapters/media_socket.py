@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from gateway.adapters.metrics import GatewayMetrics
+from gateway.adapters.recordings import Recordings
 from gateway.adapters.ticker import ticks
 from gateway.codecs.framing import FRAME_MS
 from gateway.core.actions import (
@@ -64,18 +65,6 @@ ConnectUpstream = Callable[[SessionStart], Awaitable[Upstream]]
 RunToolCall = Callable[[RunTool], Awaitable[ToolOutcome]]
 MoveCall = Callable[[str, str], Awaitable[None]]
 """``(call_sid, target)``: move a live call with a REST update; raises TwilioRestError on failure."""
-
-
-class CallRecorder(Protocol):
-    """Watches a call's frames (gateway.adapters.recordings.CallTap); must never raise."""
-
-    def twilio_read(self, text: str | bytes, now_s: float) -> None: ...
-
-    def twilio_written(self, text: str, now_s: float) -> None: ...
-
-    def upstream_read(self, text: str | bytes, now_s: float) -> None: ...
-
-
 _CLOSE = object()
 
 
@@ -91,10 +80,12 @@ class CallRunner:
         run_tool: RunToolCall | None = None,
         move_call: MoveCall | None = None,
         metrics: GatewayMetrics | None = None,
-        recording: CallRecorder | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         self.call = call
-        self.recording = recording
+        self._recordings = recordings
+        # The recording's tap (docs/recordings.md) sees every frame read and written, and what the upstream said.
+        self._tap = recordings.tap(call) if recordings is not None else None
         self._ws = ws
         self._connect_upstream = connect_upstream
         self._run_tool = run_tool
@@ -117,7 +108,15 @@ class CallRunner:
         return self._loop.time()
 
     async def run(self) -> None:
-        """Run until the call is closed and both sockets are shut."""
+        """Run until the call is closed and both sockets are shut; then hand the call to the recordings."""
+        try:
+            await self._run()
+        finally:
+            if self._recordings is not None and self._tap is not None:
+                now = self.now()
+                self._recordings.finish(self._tap, self.call.statistics(now), now)
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             reader = tg.create_task(self._read_twilio(), name="twilio-reader")
@@ -172,6 +171,8 @@ class CallRunner:
             outcome = ToolOutcome.failure("no_tool_client", "this gateway runs no tools", "That tool is not available.")
         else:
             outcome = await self._run_tool(action)
+        if self._tap is not None:
+            self._tap.tool_finished(action.tool_call_id, outcome)
         self.execute(self.call.tool_finished(action.tool_call_id, outcome, self.now()))
 
     async def _transfer(self, action: TransferCall) -> None:
@@ -213,12 +214,14 @@ class CallRunner:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 now = self.now()
                 self.execute(self.call.receive_twilio(msg.data, now), now)
-                if self.recording is not None:
-                    self.recording.twilio_read(msg.data, now)
+                if self._tap is not None:
+                    self._tap.twilio_read(msg.data, now)
                 continue
             if msg.type is WSMsgType.ERROR:
                 log.warning("T< socket error: %s", ws.exception())
             break
+        if self._tap is not None:
+            self._tap.twilio_closed(self.now())
         self.execute(self.call.twilio_closed(self.now()))
 
     async def _write_twilio(self) -> None:
@@ -227,17 +230,20 @@ class CallRunner:
         while True:
             item, stamp = await self._twilio_out.get()
             if isinstance(item, CloseTwilio):
+                if self._tap is not None:
+                    self._tap.twilio_closed(self._loop.time())
                 await ws.close(code=item.code, message=item.reason.encode()[:120])
                 return
             if ws.closed:
                 continue
+            sent_s = self._loop.time()
             try:
                 await ws.send_str(item.text)
             except ConnectionError:
                 log.info("T> socket gone while sending")
                 continue
-            if self.recording is not None:
-                self.recording.twilio_written(item.text, self._loop.time())
+            if self._tap is not None:
+                self._tap.twilio_sent(item, sent_s)
             if metrics is not None:
                 if item.kind == "media":
                     metrics.frame_sent("evi_to_caller", self._loop.time() - stamp)
@@ -267,9 +273,9 @@ class CallRunner:
             self.execute(self.call.upstream_opened(self.now()))
             async for message in upstream.messages():
                 now = self.now()
-                if self.recording is not None:
-                    self.recording.upstream_read(message, now)
                 self.execute(self.call.receive_upstream(message, now), now)
+                if self._tap is not None:
+                    self._tap.upstream_read(message, now)
         except ConnectionError as exc:
             log.info("E< connection lost: %s", exc)
         finally:
