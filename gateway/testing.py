@@ -226,6 +226,17 @@ class CallDriver:
         return out
 
 
+def user_final(text: str, *, end_ms: int = 500) -> evi.UserMessage:
+    """EVI's final transcript of the caller's turn (``user_message``, not interim)."""
+    return evi.UserMessage(
+        message=evi.ChatMessage(role="user", content=text),
+        models=evi.Inference(),
+        time=evi.MillisecondInterval(begin=0, end=end_ms),
+        from_text=False,
+        interim=False,
+    )
+
+
 def undeclared_fields(model: Any, path: str = "") -> list[str]:
     """Paths of every pydantic model (nested ones too) that kept fields it does not declare.
 

@@ -20,6 +20,7 @@ from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
 from gateway.simulator.tool_server import ToolBehaviour, ToolServer
 from gateway.simulator.wavgen import speechlike_pcm16
+from gateway.testing import user_final
 from gateway.wire import evi_messages as evi
 
 SECRET = "tool-signing-secret"
@@ -58,16 +59,6 @@ def caller(gw: RunningGateway, call_sid: str = "CA" + "1" * 32) -> TwilioCaller:
             hangup_after_ms=60_000,
             call_sid=call_sid,
         )
-    )
-
-
-def user_final(text: str) -> evi.UserMessage:
-    return evi.UserMessage(
-        message=evi.ChatMessage(role="user", content=text),
-        models=evi.Inference(),
-        time=evi.MillisecondInterval(begin=0, end=400),
-        from_text=False,
-        interim=False,
     )
 
 

@@ -12,7 +12,7 @@ from gateway.core.observe import MAX_PENDING, Observation, Observations
 from gateway.core.params import CallParams
 from gateway.core.states import CallState, EndReason
 from gateway.core.tools import ToolEndpoint, ToolOutcome
-from gateway.testing import CallDriver
+from gateway.testing import CallDriver, user_final
 from gateway.wire import evi_messages as evi
 
 LOOKUP = ToolEndpoint("lookup_order", "http://127.0.0.1:9/tools/lookup_order", "Look up an order")
@@ -43,21 +43,11 @@ def tool_call(name: str, call_id: str, parameters: str = "{}") -> evi.ToolCallMe
     )
 
 
-def final(text: str) -> evi.UserMessage:
-    return evi.UserMessage(
-        message=evi.ChatMessage(role="user", content=text),
-        models=evi.Inference(),
-        time=evi.MillisecondInterval(begin=0, end=500),
-        from_text=False,
-        interim=False,
-    )
-
-
 def test_response_latency_runs_from_the_final_transcript_to_the_first_agent_audio_sent() -> None:
     """The wait the caller hears: from EVI's final user_message to the first media of the next response."""
     d = ready_call()
     d.call.observed.take()
-    d.upstream(final("where is my order"))
+    d.upstream(user_final("where is my order"))
     d.advance(300)
     d.say("r1", tone(200), 24000)
     latencies = [o for o in d.call.observed.take() if o.kind == "response_latency_s"]
@@ -71,7 +61,7 @@ def test_audio_of_a_response_begun_before_the_turn_ended_does_not_count() -> Non
     """Agent audio still playing from an earlier response is not the answer to the caller's turn."""
     d = ready_call()
     d.say("r1", tone(400), 24000)
-    d.upstream(final("hello"))
+    d.upstream(user_final("hello"))
     d.advance(100)  # r1's queued frames go out: no latency yet
     assert [o for o in d.call.observed.take() if o.kind == "response_latency_s"] == []
     d.upstream(evi.AssistantEnd())

@@ -25,6 +25,7 @@ from gateway.simulator.harness import RunningGateway, running_gateway, settle
 from gateway.simulator.tool_server import ToolBehaviour, ToolServer
 from gateway.simulator.twilio_rest import FakeTwilioRest
 from gateway.simulator.wavgen import speechlike_pcm16
+from gateway.testing import user_final
 from gateway.wire import evi_messages as evi
 from gateway.wire.tool_http import verify
 
@@ -115,17 +116,6 @@ def listing(folder: Path) -> list[str]:
 def only_wav(folder: Path) -> Path:
     (wav,) = folder.glob("*.wav")
     return wav
-
-
-def user_message(text: str) -> evi.UserMessage:
-    """EVI's final transcript of the caller."""
-    return evi.UserMessage(
-        message=evi.ChatMessage(role="user", content=text),
-        models=evi.Inference(),
-        time=evi.MillisecondInterval(begin=0, end=500),
-        from_text=False,
-        interim=False,
-    )
 
 
 async def test_the_right_channel_is_what_the_caller_heard(evi_sim: EviSimulator, tmp_path: Path) -> None:
@@ -301,7 +291,7 @@ async def test_the_post_call_summary_is_signed_and_complete(evi_sim: EviSimulato
         ) as gw:
             async with TwilioCaller(caller_config(gw)) as caller:
                 session = await connected(caller, evi_sim)
-                await session.send_message(user_message("where is my order"))
+                await session.send_message(user_final("where is my order"))
                 await session.wait_said(await session.say(speechlike_pcm16(300, 24000, seed=11), 24000))
                 assert await caller.wait_for(lambda r: r.heard_audio_ms >= 300 - FRAME_MS, 10)
                 tool_call = evi.ToolCallMessage(
