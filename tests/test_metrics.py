@@ -155,3 +155,24 @@ async def test_readyz_is_503_while_draining_and_after_a_failed_reload(tmp_path: 
             assert await status("/readyz") == 200
             state.draining = True
             assert (await status("/readyz"), await status("/healthz")) == (503, 200)
+
+
+def test_label_values_from_peers_are_bounded() -> None:
+    """Tool names EVI made up and error codes of odd shape collapse to one label value each, so a peer cannot
+    grow the families without bound."""
+    from gateway.adapters.metrics import AppFacts, GatewayMetrics
+    from gateway.core.observe import Observations
+
+    metrics = GatewayMetrics(lambda: AppFacts(0, 0, False, False, {}))
+    observed = Observations()
+    for n in range(50):
+        observed.tool_call(f"made_up_{n}", "unknown_tool")
+        observed.upstream_error(f"not a code {n}")
+    observed.upstream_error("E0710")
+    metrics.observe(observed.take())
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    assert samples["gateway_tool_calls_total"] == {(("outcome", "unknown_tool"), ("tool", "(unknown)")): 50}
+    assert samples["gateway_evi_errors_total"] == {(("code", "(other)"),): 50, (("code", "E0710"),): 1}
