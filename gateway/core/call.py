@@ -11,57 +11,32 @@ actions with a recorded end reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import assert_never
 
 from gateway.codecs.framing import ULAW_BYTES_PER_MS, ulaw_bytes_to_ms
 from gateway.codecs.g711 import ulaw_silence
-from gateway.codecs.transcode import InboundTranscoder
-from gateway.core.actions import (
-    Action,
-    CloseTwilio,
-    CloseUpstream,
-    OpenUpstream,
-    RunTool,
-    SendUpstream,
-    TransferCall,
-    to_twilio,
-)
-from gateway.core.inbound import InboundStream, PreRoll
-from gateway.core.lines import DEFAULT_LINE, LineConfig, LineDirectory
-from gateway.core.observe import Observations
-from gateway.core.outbound import OutboundAudio
-from gateway.core.params import CallParams, TokenRedeemer
+from gateway.core.actions import Action, SendUpstream
+from gateway.core.call_machine import CallMachine
 from gateway.core.playout import PlayoutDecision, SendClear, SendMedia
-from gateway.core.resume import Resumption
 from gateway.core.states import (
     AGENT_AUDIO,
-    APOLOGISE,
     CALLER_AUDIO,
-    CLOSE_CODES,
-    DEADLINES,
     CallState,
-    Condition,
-    EndReason,
     Input,
-    Lifecycle,
     LinkInput,
     LinkState,
-    Transition,
 )
-from gateway.core.stats import CallStats
-from gateway.core.tools import HangUp, Reply, Run, ToolCalls, ToolOutcome, Transfer, call_context
+from gateway.core.tool_turns import CallIds
+from gateway.core.tools import ToolOutcome
 from gateway.errors import AudioFormatError, TwilioProtocolError, UpstreamProtocolError
-from gateway.ids import CallSid, ResponseId, StreamSid
+from gateway.ids import ResponseId
 from gateway.wire import twilio_media as tw
 from gateway.wire.stream_token import TokenVerdict
 from gateway.wire.upstream import (
     AssistantAudio,
     AssistantText,
     AssistantTurnEnd,
-    SessionStart,
     ToolCall,
-    UpstreamCodec,
     UpstreamEvent,
     UpstreamFault,
     UpstreamNotice,
@@ -75,60 +50,13 @@ log = logging.getLogger("gateway.call")
 
 # docs/twilio-media-streams.md §1.2: the only media format a <Connect><Stream> carries.
 EXPECTED_MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)
-# Keys of start.customParameters that become upstream session variables (set by our webhook).
-CALL_VARIABLE_KEYS = ("caller_number", "called_number")
-
-Work = Callable[[], list[Action]]
-"""What an accepted input does besides moving the state; runs only after the table accepted the input."""
+MAX_FAULTS_KEPT = 20
+"""Upstream errors listed in a call's statistics (all of them are counted in the metrics)."""
 
 
-class Call:
-    """One phone call bridged to one upstream session."""
-
-    def __init__(
-        self,
-        params: CallParams,
-        codec: UpstreamCodec,
-        tokens: TokenRedeemer | None = None,
-        *,
-        now: float,
-        lines: LineDirectory | None = None,
-    ) -> None:
-        self.params = params
-        self._codec = codec
-        self._tokens = tokens
-        self._lines = lines
-        self.line: LineConfig = DEFAULT_LINE
-        self._tools = ToolCalls(codec, {}, {}, transfers_enabled=False)
-        self._transfer: TransferCall | None = None
-        self._agent_mark = (0, 0)
-        self._resume = Resumption(params.reconnect_backoff_s, now)
-        self._life = Lifecycle(now)
-        self._timeouts_s = {d.timeout_param: float(getattr(params, d.timeout_param)) for d in DEADLINES.values()}
-        self.stream_sid: StreamSid | None = None
-        self.call_sid: CallSid | None = None
-        self.custom_parameters: dict[str, str] = {}
-        self.upstream_session_id: str | None = None
-        self.upstream_group_id: str | None = None
-        self._ended_s: float | None = None
-        self._inbound = InboundStream(params.inbound)
-        self._inbound_transcoder = InboundTranscoder(params.input_rate_hz)
-        self._preroll = PreRoll(params.preroll_ms)
-        self._outbound = OutboundAudio(params.playout)
-        self.observed = Observations()
-        """Measurements for metrics (latencies, tool calls, errors), taken by the adapter."""
-        self._counts: dict[str, int] = {}
-        self._faults: list[str] = []
-
-    @property
-    def state(self) -> CallState:
-        """Where the call is (assigned only by :class:`~gateway.core.states.Lifecycle`)."""
-        return self._life.state
-
-    @property
-    def end_reason(self) -> EndReason | None:
-        """Why the call ended (the first cause), once it is ending."""
-        return self._life.end_reason
+class Call(CallMachine):
+    """One phone call bridged to one upstream session: every input it takes (the engine is
+    :class:`~gateway.core.call_machine.CallMachine`)."""
 
     # ----------------------------------------------------------------- inputs from the Twilio socket
 
@@ -184,11 +112,15 @@ class Call:
         if problem is not None:
             log.warning("T< start rejected: %s (call %s)", problem, message.call_sid)
             return self._handle(Input.START_REJECTED, now, detail=problem)
+        if self._admission is not None and not self._admission.admit(message.call_sid):
+            # Slots are held by calls that started, not by sockets (docs/operations.md §4).
+            log.warning("T< start refused: every call slot is taken (call %s)", message.call_sid)
+            return self._handle(Input.AT_CAPACITY, now, detail="every call slot is taken")
         self.custom_parameters = dict(message.custom_parameters)
         if self._lines is not None:
             self.line = self._lines.line_for(self.custom_parameters.get("called_number"))
-        line = self.line
-        self._tools = ToolCalls(self._codec, line.tools, line.transfer, transfers_enabled=self.params.transfers_enabled)
+        self._tools.configure(self.line, transfers_enabled=self.params.transfers_enabled)
+        self._watch.started(now)
         return self._handle(Input.START, now)
 
     def _on_media(self, message: tw.Media, now: float) -> list[Action]:
@@ -197,7 +129,17 @@ class Call:
             self._count("twilio_wrong_stream_sid")
             log.warning("T< media for stream %s on stream %s dropped", message.stream_sid, self.stream_sid)
             return self._handle(Input.TWILIO_IGNORED, now)
-        return self._handle(Input.MEDIA, now, lambda: self._caller_audio(message))
+        verdict = self._watch.media(len(message.payload) / ULAW_BYTES_PER_MS, now)
+        if verdict == "accept":
+            return self._handle(Input.MEDIA, now, lambda: self._caller_audio(message))
+        # docs/operations.md §4: caller audio beyond real time plus a burst is refused; past the limit the call ends.
+        self._count("caller_frames_over_budget")
+        if verdict == "refuse":
+            if self._counts["caller_frames_over_budget"] == 1:
+                log.warning("T< caller audio arrives faster than real time: refusing what exceeds the burst")
+            return self._handle(Input.MEDIA, now)
+        detail = f"caller audio {self._watch.caller_refused_ms / 1000:.1f} s ahead of real time"
+        return self._watchdog(Input.TWILIO_FLOOD, now, detail)
 
     def _caller_audio(self, message: tw.Media) -> list[Action]:
         verdict = self._inbound.accept(message.timestamp_ms, message.chunk, len(message.payload))
@@ -212,6 +154,7 @@ class Call:
         if route == "hold":
             self._preroll.push(pcm, ulaw_bytes_to_ms(len(ulaw)))
         elif route == "forward":
+            self._watch.caller_frame(pcm, ulaw_bytes_to_ms(len(ulaw)))
             return [SendUpstream(self._codec.encode_audio(pcm))]
         else:
             self._count("caller_frames_dropped")  # e.g. while the upstream is being resumed
@@ -229,15 +172,6 @@ class Call:
             return []
         # A keypress reaches the agent as text (docs/evi-protocol.md §2.3 user_input).
         return [SendUpstream(self._codec.encode_user_text(f"[keypad {message.digit}]"), kind="user_text")]
-
-    def _twilio_violation(self, problem: str, now: float) -> list[Action]:
-        # docs/twilio-media-streams.md P8: one bad frame must not end a live call; before `start` the
-        # stream is unusable (no streamSid), so the table closes it.
-        self._count("twilio_protocol_errors")
-        closing = self._life.decide(Input.TWILIO_VIOLATION)
-        ends = closing is not None and closing.target is CallState.CLOSED
-        log.warning("T< %s: %s", problem, "closing the stream" if ends else "ignored")
-        return self._handle(Input.TWILIO_VIOLATION, now, detail=problem)
 
     # ------------------------------------------------------------------ inputs from the upstream
 
@@ -263,33 +197,20 @@ class Call:
         self._resume.dropped(self._life.state, now)
         return []
 
-    def _try_resume(self, now: float) -> list[Action]:
-        """In RECONNECTING: open a resumed session when the backoff has passed and no attempt is running."""
-        if self._life.link is not LinkState.CLOSED or not self._resume.take(now):
-            return []
-        self._count("upstream_resume_attempts")
-        self.observed.resume("attempt")
-        log.info("E> resuming chat group %s (attempt %d)", self.upstream_group_id, self._resume.attempts)
-        self._life.link_event(LinkInput.OPEN)
-        return [OpenUpstream(self._session_start(resume=True))]
-
     def tool_finished(self, tool_call_id: str, outcome: ToolOutcome, now: float) -> list[Action]:
         """A :class:`~gateway.core.actions.RunTool` finished; its answer goes to the upstream if still open."""
         return self._handle(Input.TOOL_RESULT, now, lambda: self._tool_answer(tool_call_id, outcome))
 
     def _tool_answer(self, tool_call_id: str, outcome: ToolOutcome) -> list[Action]:
-        finished = self._tools.finished(tool_call_id, outcome)
-        if finished is None:
-            return []
-        name, answer = finished
-        self.observed.tool_call(name, "ok" if outcome.ok else outcome.code or "error")
-        if not outcome.ok:
+        actions, failed = self._tools.answer(tool_call_id, outcome, link_open=self._life.link is LinkState.OPEN)
+        if failed:
             self._count("tool_errors")
-            log.warning("E> tool_error for %s: %s %s", tool_call_id, outcome.code, outcome.error)
-        if self._life.link is not LinkState.OPEN:
-            log.info("E> answer to tool call %s dropped: the upstream is not open", tool_call_id)
-            return []
-        return [SendUpstream(answer, kind="tool_error" if not outcome.ok else "tool_response")]
+        return actions
+
+    def twilio_stalled(self, now: float, detail: str) -> list[Action]:
+        """Twilio is not reading our frames: a send or the outbound queue passed its bound (docs/operations.md §4).
+        The adapter aborts the socket; the call ends at once."""
+        return self._watchdog(Input.TWILIO_STALLED, now, detail)
 
     def operator_say(self, text: str, now: float) -> list[Action] | None:
         """Have the agent say ``text`` verbatim now; None when it cannot (no live conversation to speak in)."""
@@ -314,17 +235,44 @@ class Call:
 
     def receive_upstream(self, text: str | bytes, now: float) -> list[Action]:
         """Handle one upstream frame."""
-        if self._life.state is CallState.CLOSED:
-            return []
+        refused = self.upstream_size(len(text), now)
+        if refused is not None:
+            return refused
         try:
             event = self._codec.decode(text)
         except UpstreamProtocolError as exc:
-            self._count("upstream_protocol_errors")
-            log.warning("E< invalid message ignored: %s", exc)
-            return self._handle(Input.UPSTREAM_EVENT, now)
+            return self.upstream_undecodable(exc, now)
+        return self.upstream_event(event, now)
+
+    def upstream_size(self, size_bytes: int, now: float) -> list[Action] | None:
+        """The first half of :meth:`receive_upstream`, for an adapter that decodes a big frame off its loop:
+        None when a frame of ``size_bytes`` may be decoded (its budget is spent), else what refusing it does."""
+        if self._life.state is CallState.CLOSED:
+            return []
+        if self._watch.upstream_message(size_bytes, now):
+            return None
+        # docs/operations.md §4: an oversized message, or audio faster than the byte budget, is not decoded.
+        self._count("upstream_messages_over_budget")
+        log.warning("E< %d-byte message over the audio budget dropped; the current response is cut", size_bytes)
+        self._outbound.cut_current()
+        return self._handle(Input.UPSTREAM_EVENT, now)
+
+    def upstream_undecodable(self, problem: UpstreamProtocolError, now: float) -> list[Action]:
+        """A frame the codec refused (the second half of :meth:`receive_upstream`)."""
+        if self._life.state is CallState.CLOSED:
+            return []
+        self._count("upstream_protocol_errors")
+        log.warning("E< invalid message ignored: %s", problem)
+        return self._handle(Input.UPSTREAM_EVENT, now)
+
+    def upstream_event(self, event: UpstreamEvent, now: float) -> list[Action]:
+        """A decoded frame (the second half of :meth:`receive_upstream`)."""
+        if self._life.state is CallState.CLOSED:
+            return []
         return self._on_upstream_event(event, now)
 
     def _on_upstream_event(self, event: UpstreamEvent, now: float) -> list[Action]:
+        self._watch.heard_upstream(now)
         match event:
             case AssistantAudio():
                 return self._handle(Input.UPSTREAM_EVENT, now, lambda: self._agent_audio(event, now))
@@ -343,7 +291,8 @@ class Call:
                 return self._handle(Input.UPSTREAM_READY, now, lambda: self._on_upstream_ready(event))
             case UpstreamFault():
                 detail = f"upstream error {event.code} {event.slug}: {event.message} (request {event.request_id})"
-                self._faults.append(f"{event.code} {event.slug}")
+                if len(self._faults) < MAX_FAULTS_KEPT:  # the end-of-call line stays one bounded line
+                    self._faults.append(f"{event.code[:32]} {event.slug[:64]}")
                 self.observed.upstream_error(event.code)
                 log.warning("E< %s", detail)
                 # docs/evi-protocol.md §8: an error ends the call only if it is fatal or the session never started.
@@ -383,37 +332,11 @@ class Call:
 
     def _on_tool_call(self, event: ToolCall, now: float) -> list[Action]:
         """docs/evi-protocol.md §6: every function call is answered, now or when its endpoint replies."""
-        decision = self._tools.decide(
-            event.name, event.tool_call_id, event.parameters_json, builtin=event.builtin, reply=event.response_required
-        )
-        log.info("E< tool_call %s (%s, %s)", event.name, event.tool_call_id, type(decision).__name__.lower())
-        match decision:
-            case HangUp():
-                self.observed.tool_call(event.name, "ok")
-                reply = decision.reply
-                return self._handle(Input.HANG_UP, now, lambda: _tool_reply(reply), detail="agent hung up")
-            case Transfer():
-                if self._life.decide(Input.TRANSFER) is None:
-                    self.observed.tool_call(event.name, "transfer_not_possible")
-                    return self._handle(Input.UPSTREAM_EVENT, now, lambda: _tool_reply(decision.refused))
-                self.observed.tool_call(event.name, "ok")
-                self.observed.transfer("started")
-                assert self.call_sid is not None
-                self._transfer = TransferCall(self.call_sid, decision.destination, decision.target)
-                detail = f"transfer to {decision.destination}"
-                return self._handle(Input.TRANSFER, now, lambda: _tool_reply(decision.accepted), detail=detail)
-            case Run():
-                context = call_context(
-                    self.call_sid, self.custom_parameters, self.upstream_session_id, self.upstream_group_id
-                )
-                run = RunTool(event.tool_call_id, decision.endpoint, decision.parameters, context)
-                return self._handle(Input.UPSTREAM_EVENT, now, lambda: [run])
-            case Reply():
-                if decision.text is not None:
-                    self.observed.tool_call(event.name, decision.code or "ok")
-                text = decision.text
-                return self._handle(Input.UPSTREAM_EVENT, now, lambda: _tool_reply(text))
-        assert_never(decision)
+        ids = CallIds(self.call_sid, self.custom_parameters, self.upstream_session_id, self.upstream_group_id)
+        route = self._tools.route(event, ids, may_transfer=self._life.decide(Input.TRANSFER) is not None)
+        if route.transfer is not None:
+            self._transfer = route.transfer
+        return self._handle(route.event, now, lambda: route.actions, detail=route.detail)
 
     def _on_upstream_ready(self, event: UpstreamReady) -> list[Action]:
         if self.upstream_group_id is not None:
@@ -426,20 +349,6 @@ class Call:
         log.info("E< session %s ready (group %s, request %s)", event.session_id, event.group_id, event.request_id)
         return []
 
-    def _session_start(self, *, resume: bool = False) -> SessionStart:
-        variables = dict(self.line.variables)
-        variables.update({k: v for k in CALL_VARIABLE_KEYS if (v := self.custom_parameters.get(k))})
-        if self.call_sid is not None:
-            variables["call_sid"] = self.call_sid
-        return SessionStart(
-            input_rate_hz=self.params.input_rate_hz,
-            channels=1,
-            variables=variables,
-            custom_session_id=self.call_sid,
-            config_id=self.line.config_id,
-            resume_group_id=self.upstream_group_id if resume else None,
-        )
-
     # ------------------------------------------------------------------ the clock
 
     def tick(self, now: float) -> list[Action]:
@@ -451,6 +360,16 @@ class Call:
             transition, reason, detail = overdue
             log.info("= deadline in state %s: %s", transition.source.value, detail)
             return self._move(transition, now, [], reason=reason, detail=detail)
+        due = self._watch.due(
+            now,
+            self._life.state,
+            echo_overdue_s=self._outbound.echo_overdue_s(now),
+            link_open=self._life.link is LinkState.OPEN,
+            tool_waiting=self._tools.waiting,
+            group_known=self.upstream_group_id is not None,
+        )
+        if due is not None and self._life.decide(due[0]) is not None:
+            return self._watchdog(due[0], now, due[1])
         return self._handle(Input.TICK, now, lambda: self._on_tick(now))
 
     def _on_tick(self, now: float) -> list[Action]:
@@ -458,163 +377,3 @@ class Call:
         if self._life.state is CallState.RECONNECTING:
             actions += self._try_resume(now)
         return actions
-
-    # ------------------------------------------------------------------ deciding and moving
-
-    def _handle(self, event: Input, now: float, work: Work | None = None, *, detail: str = "") -> list[Action]:
-        """Decide ``event`` by the table first; only an accepted input does its work and moves the call."""
-        transition = self._life.decide(event)
-        if transition is None:
-            return self._refused(event, now)
-        return self._move(transition, now, work() if work is not None else [], detail=detail)
-
-    def _refused(self, event: Input, now: float) -> list[Action]:
-        # A refused Twilio input is a protocol violation of the Twilio side (before `start`, that closes the
-        # stream); a refused upstream input is logged and ignored. Nothing else is changed.
-        if event.from_twilio and event is not Input.TWILIO_VIOLATION:
-            return self._twilio_violation(f"{event.value} in state {self._life.state.value}", now)
-        self._count("out_of_order_inputs")
-        log.info("= %s ignored in state %s", event.value, self._life.state.value)
-        return []
-
-    def _move(
-        self,
-        transition: Transition,
-        now: float,
-        actions: list[Action],
-        *,
-        reason: EndReason | None = None,
-        detail: str = "",
-    ) -> list[Action]:
-        """Commit ``transition``, run the target state's entry actions, then any moves a condition triggers."""
-        while True:
-            self._life.commit(transition, now, reason, detail)
-            if transition.moves:
-                actions += self._entered(transition, now)
-            triggered = self._life.triggered(lambda condition: self._holds(condition, now))
-            if triggered is None:
-                return actions
-            transition, reason, detail = triggered, None, ""
-
-    def _holds(self, condition: Condition, now: float) -> bool:
-        match condition:
-            case Condition.PLAYOUT_IDLE:
-                return self._outbound.idle
-            case Condition.AGENT_FINISHED:
-                return self._agent_finished(now)
-            case Condition.HANDOFF_HEARD:
-                return self._outbound.idle and self._agent_finished(now)
-        assert_never(condition)
-
-    def _agent_finished(self, now: float) -> bool:
-        """Since the state began, the agent ended a turn, or started none within the grace period."""
-        if not self._outbound.agent_turn_over:
-            return False
-        started, ended = self._outbound.agent_turns
-        if ended > self._agent_mark[1]:
-            return True
-        return started == self._agent_mark[0] and now - self._life.entered_s >= self.params.agent_silence_grace_s
-
-    def _entered(self, transition: Transition, now: float) -> list[Action]:
-        """Entry actions: what reaching a state asks of the sockets."""
-        match transition.target:
-            case CallState.CONNECTING_UPSTREAM:
-                self._life.link_event(LinkInput.OPEN)
-                return [OpenUpstream(self._session_start())]
-            case CallState.ACTIVE if transition.source is CallState.REDIRECTING:
-                # The transfer failed: the agent carries on, and says so.
-                resume = SendUpstream(self._codec.encode_resume(), kind="resume_assistant")
-                say = SendUpstream(self._codec.encode_assistant_text(self.line.transfer_failed_message), kind="say")
-                return [resume, say]
-            case CallState.ACTIVE:
-                # docs/evi-protocol.md §1.4: audio settings go out before any audio_input, then the pre-roll.
-                settings = self._codec.encode_session_start(self._session_start())
-                held = [SendUpstream(self._codec.encode_audio(pcm)) for pcm in self._preroll.drain()]
-                return [SendUpstream(settings, kind="session_settings"), *held]
-            case CallState.RECONNECTING:
-                return self._try_resume(now)
-            case CallState.TRANSFERRING | CallState.SAYING_GOODBYE:
-                self._agent_mark = self._outbound.agent_turns
-                if transition.target is CallState.SAYING_GOODBYE and transition.cause is Input.DEADLINE:
-                    return self._say(self.line.max_duration_message)
-                if transition.target is CallState.SAYING_GOODBYE and transition.cause is Input.SHUTDOWN:
-                    return self._say(self.params.shutdown_message)
-                return []
-            case CallState.REDIRECTING:
-                assert self._transfer is not None
-                log.info("= moving call %s to %s", self.call_sid, self._transfer.destination)
-                self._count("transfers")
-                pause = [SendUpstream(self._codec.encode_pause(), kind="pause_assistant")]
-                return [*(pause if self._life.link is LinkState.OPEN else []), self._transfer]
-            case CallState.ENDING:
-                self._outbound.upstream_gone()
-                actions = self._close_upstream()
-                if self._life.end_reason in APOLOGISE and self.params.apology_ulaw:
-                    actions += self._twilio(self._outbound.play_prompt(self.params.apology_ulaw, now))
-                return actions
-            case CallState.CLOSED:
-                return self._closed(transition, now)
-            case CallState.AWAITING_START:
-                return []
-        assert_never(transition.target)
-
-    def _say(self, text: str) -> list[Action]:
-        if self._life.link is not LinkState.OPEN or not text:
-            return []
-        return [SendUpstream(self._codec.encode_assistant_text(text), kind="say")]
-
-    def _closed(self, transition: Transition, now: float) -> list[Action]:
-        self._ended_s = now
-        reason = self._life.end_reason or EndReason.UPSTREAM_CLOSED
-        detail = self._life.end_detail
-        log.info("= call %s ended: %s %s", self.call_sid, reason.value, detail)
-        actions = self._close_upstream()
-        if transition.cause is not Input.TWILIO_CLOSED:
-            # The close reason is our own end-reason word (ASCII, far below RFC 6455's 123 bytes): a peer's text
-            # (EVI's error messages, URLs) never travels to the other peer.
-            actions.append(CloseTwilio(CLOSE_CODES.get(reason, 1000), reason.value))
-        return actions
-
-    def _close_upstream(self) -> list[Action]:
-        reason = self._life.end_reason or EndReason.UPSTREAM_CLOSED
-        return [CloseUpstream(1000, reason.value)] if self._life.link_event(LinkInput.CLOSE) else []
-
-    def _twilio(self, decisions: list[PlayoutDecision]) -> list[Action]:
-        if self.stream_sid is None or not decisions:
-            return []
-        return list(to_twilio(self.stream_sid, decisions))
-
-    def _count(self, key: str) -> None:
-        self._counts[key] = self._counts.get(key, 0) + 1
-
-    def statistics(self, now: float) -> CallStats:
-        """A snapshot of everything counted about this call."""
-        end_s = self._ended_s if self._ended_s is not None else now
-        began_s = self._life.since_s("started")
-        if began_s is None:
-            began_s = self._life.since_s("created")
-        assert began_s is not None
-        return CallStats(
-            call_sid=self.call_sid,
-            stream_sid=self.stream_sid,
-            state=self.state.value,
-            end_reason=self.end_reason.value if self.end_reason else None,
-            end_detail=self._life.end_detail,
-            duration_s=round(end_s - began_s, 3),
-            upstream_session_id=self.upstream_session_id,
-            upstream_group_id=self.upstream_group_id,
-            upstream_faults=tuple(self._faults),
-            counts=dict(self._counts),
-            inbound=self._inbound.statistics(),
-            preroll=self._preroll.statistics(),
-            playout=self._outbound.playout_statistics(),
-            outbound=self._outbound.statistics(),
-        )
-
-
-def _tool_reply(text: str | None) -> list[Action]:
-    """An encoded ``tool_response``/``tool_error`` as the frame to send (none for None)."""
-    if text is None:
-        return []
-    kind = "tool_error" if '"tool_error"' in text[:40] else "tool_response"
-    return [SendUpstream(text, kind=kind)]

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.core.tools import ToolEndpoint
+from gateway.wire.upstream import SessionStart
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -38,6 +39,32 @@ class LineConfig:
 
 
 DEFAULT_LINE = LineConfig()
+
+CALL_VARIABLE_KEYS = ("caller_number", "called_number")
+"""Keys of ``start.customParameters`` that become upstream session variables (set by our webhook)."""
+
+
+def session_for(
+    line: LineConfig,
+    custom_parameters: Mapping[str, str],
+    call_sid: str | None,
+    *,
+    input_rate_hz: int,
+    resume_group_id: str | None = None,
+) -> SessionStart:
+    """The upstream session of a call on ``line``: its config, and the line's variables under the call's own."""
+    variables = dict(line.variables)
+    variables.update({k: v for k in CALL_VARIABLE_KEYS if (v := custom_parameters.get(k))})
+    if call_sid is not None:
+        variables["call_sid"] = call_sid
+    return SessionStart(
+        input_rate_hz=input_rate_hz,
+        channels=1,
+        variables=variables,
+        custom_session_id=call_sid,
+        config_id=line.config_id,
+        resume_group_id=resume_group_id,
+    )
 
 
 class LineDirectory(Protocol):
