@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.budgets import BudgetParams
 from gateway.core.inbound import InboundParams
 from gateway.core.params import CallParams
 from gateway.core.playout import PlayoutParams
@@ -84,9 +85,13 @@ class Settings(BaseSettings):
     # Audio and call limits.
     evi_input_rate_hz: int = Field(8000, description="rate of linear16 sent to EVI (8000 = no resampling)")
     playout_lead_ms: int = Field(160, ge=20, description="audio kept queued at Twilio ahead of real time")
-    playout_max_message_ms: int = Field(100, ge=20, description="largest media message sent to Twilio")
+    playout_max_message_ms: int = Field(
+        200, ge=20, description="media message sent to Twilio whenever its lead falls below playout_lead_ms"
+    )
     preroll_ms: int = Field(2000, ge=0, description="caller audio held while EVI connects (oldest dropped)")
-    start_timeout_s: float = Field(10.0, gt=0, description="time allowed for Twilio's start message")
+    start_timeout_s: float = Field(
+        5.0, gt=0, description="time a Media Stream socket may take to send a valid start (it holds no call slot)"
+    )
     max_call_duration_s: float = Field(
         1800.0, gt=0, description="EVI's session limit (EVI caps at 30 min); the gateway's own is a grace after it"
     )
@@ -126,6 +131,38 @@ class Settings(BaseSettings):
     recordings_dir: Path | None = Field(None, description="where recorded calls are written (WAV + JSONL)")
     post_call_url: str | None = Field(None, description="signed POST of each call's summary after it ends")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text or one JSON object each")
+    # Budgets and liveness of the peers (docs/operations.md §4).
+    max_pending_streams: int = Field(
+        16, ge=1, description="Media Stream sockets waiting for their start at once; more get 503"
+    )
+    send_timeout_s: float = Field(
+        5.0, gt=0, description="a frame to Twilio or EVI not written within this ends that socket (peer not reading)"
+    )
+    twilio_send_queue_bytes: int = Field(
+        256 * 1024, ge=4096, description="frames waiting for Twilio to read; past this the caller is not reading"
+    )
+    mark_echo_timeout_s: float = Field(
+        5.0, gt=0, description="a mark echo this late after its audio should have played: the caller is not reading"
+    )
+    twilio_heartbeat_s: float = Field(10.0, gt=0, description="ping interval on the Media Stream (pong due in half)")
+    evi_ping_interval_s: float = Field(5.0, gt=0, description="ping interval on the EVI socket")
+    evi_ping_timeout_s: float = Field(5.0, gt=0, description="an EVI socket whose pong is this late is dropped")
+    caller_silence_timeout_s: float = Field(
+        10.0, gt=0, description="a started stream with no media for this long has stalled: the call ends"
+    )
+    caller_burst_ms: int = Field(2000, ge=100, description="caller audio accepted ahead of real time")
+    caller_flood_limit_ms: int = Field(
+        10_000, ge=100, description="caller audio refused for arriving too fast before the call ends"
+    )
+    upstream_stall_timeout_s: float = Field(
+        10.0, gt=0, description="EVI silent this long while the caller speaks is treated as a dropped session"
+    )
+    playout_max_queued_ms: int = Field(
+        60_000, ge=1000, description="agent audio held ahead of Twilio; a response passing it is cut"
+    )
+    max_audio_output_bytes: int = Field(4 * 2**20, ge=65536, description="largest EVI audio_output decoded")
+    agent_audio_bytes_per_s: int = Field(2 * 2**20, ge=65536, description="EVI audio_output bytes decoded per second")
+    agent_audio_burst_bytes: int = Field(8 * 2**20, ge=65536, description="EVI audio_output bytes decoded at once")
 
     @field_validator("public_url")
     @classmethod
@@ -155,8 +192,22 @@ class Settings(BaseSettings):
             handoff_timeout_s=self.handoff_timeout_s,
             transfers_enabled=self.twilio_account_sid is not None and self.twilio_auth_token is not None,
             apology_ulaw=prompt("apology"),
-            playout=PlayoutParams(lead_ms=self.playout_lead_ms, max_message_ms=self.playout_max_message_ms),
+            playout=PlayoutParams(
+                lead_ms=self.playout_lead_ms,
+                max_message_ms=self.playout_max_message_ms,
+                max_queued_ms=self.playout_max_queued_ms,
+            ),
             inbound=InboundParams(),
+            budgets=BudgetParams(
+                caller_burst_ms=self.caller_burst_ms,
+                caller_flood_limit_ms=self.caller_flood_limit_ms,
+                caller_silence_timeout_s=self.caller_silence_timeout_s,
+                agent_audio_bytes_per_s=self.agent_audio_bytes_per_s,
+                agent_audio_burst_bytes=self.agent_audio_burst_bytes,
+                max_audio_output_bytes=self.max_audio_output_bytes,
+                upstream_stall_timeout_s=self.upstream_stall_timeout_s,
+                mark_echo_timeout_s=self.mark_echo_timeout_s,
+            ),
         )
 
     def redacted(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ async def test_one_call_makes_each_family_true(tmp_path: Path) -> None:
             assert value(live, "gateway_clear_to_silence_seconds_count") == 1
             assert value(live, "gateway_admission_refusals_total", reason="busy") == 1
             assert value(live, "gateway_added_latency_seconds_count", direction="caller_to_evi") > 10
-            assert value(live, "gateway_added_latency_seconds_count", direction="evi_to_caller") > 10
+            assert value(live, "gateway_added_latency_seconds_count", direction="evi_to_caller") >= 2  # 200 ms messages
             assert live.get("gateway_calls_total", {}) == {}  # no call has ended yet
             await first.hang_up()
             assert await _until(lambda: not gw.app[STATE].active_calls)
@@ -163,7 +163,7 @@ def test_label_values_from_peers_are_bounded() -> None:
     from gateway.adapters.metrics import AppFacts, GatewayMetrics
     from gateway.core.observe import Observations
 
-    metrics = GatewayMetrics(lambda: AppFacts(0, 0, False, False, {}))
+    metrics = GatewayMetrics(lambda: AppFacts(0, 0, 0, False, False, {}))
     observed = Observations()
     for n in range(50):
         observed.tool_call(f"made_up_{n}", "unknown_tool")

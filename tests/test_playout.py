@@ -55,15 +55,16 @@ def run(buffer: PlayoutBuffer, caller: Caller, start_tick: int, n_ticks: int) ->
         caller.receive(now_s, buffer.poll(now_s))
 
 
-def test_first_poll_sends_a_burst_of_lead_ms() -> None:
-    """At the start of a response one poll releases lead_ms of audio, coalesced into capped messages."""
+def test_first_poll_sends_whole_messages_until_the_lead_is_reached() -> None:
+    """At the start of a response one poll releases max_message_ms messages, each with its mark, until the
+    audio at Twilio reaches lead_ms."""
     buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=100))
     buffer.push(A, audio(8000))
     decisions = buffer.poll(0.0)
     media = [d for d in decisions if isinstance(d, SendMedia)]
-    assert [m.duration_ms for m in media] == [100, 60]
+    assert [m.duration_ms for m in media] == [100, 100]
     assert [type(d) for d in decisions] == [SendMedia, SendMark, SendMedia, SendMark]
-    assert buffer.queued_ms == 1000 - 160
+    assert buffer.queued_ms == 1000 - 200
 
 
 def test_lead_is_respected_and_nothing_underruns_on_a_steady_tick() -> None:
@@ -84,18 +85,20 @@ def test_lead_is_respected_and_nothing_underruns_on_a_steady_tick() -> None:
     assert buffer.statistics().underruns == 0
 
 
-def test_steady_state_sends_about_one_frame_per_tick() -> None:
-    """After the initial burst each 20 ms tick releases one 20 ms frame."""
-    buffer = PlayoutBuffer(PlayoutParams(lead_ms=160))
-    buffer.push(A, audio(8000))
+def test_steady_state_sends_one_whole_message_whenever_the_lead_falls() -> None:
+    """Polled every 20 ms, the buffer sends a max_message_ms message each time the lead falls below lead_ms:
+    five messages (and five marks) a second of speech at 200 ms, not one per tick."""
+    buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=200))
+    buffer.push(A, audio(3 * 8000))
     caller = Caller()
-    run(buffer, caller, 0, 1)
-    run(buffer, caller, 1, 20)
-    assert [m.duration_ms for m in caller.media[2:]] == [20] * 20
+    run(buffer, caller, 0, 101)  # two seconds of ticks
+    assert [m.duration_ms for m in caller.media] == [200] * 11
+    assert buffer.statistics().marks_sent == 11
+    assert buffer.statistics().underruns == 0
 
 
 def test_late_tick_catches_up_in_one_coalesced_message() -> None:
-    """A tick arriving 60 ms late releases the missing frames together, capped at max_message_ms."""
+    """A tick arriving 60 ms late releases one message of max_message_ms, restoring the lead."""
     params = PlayoutParams(lead_ms=160, max_message_ms=100)
     buffer = PlayoutBuffer(params)
     buffer.push(A, audio(8000))
@@ -103,8 +106,8 @@ def test_late_tick_catches_up_in_one_coalesced_message() -> None:
     caller.receive(0.0, buffer.poll(0.0))
     decisions = buffer.poll(0.08)
     caller.receive(0.08, decisions)
-    assert [d.duration_ms for d in decisions if isinstance(d, SendMedia)] == [80]
-    assert caller.ahead_ms(0.08) == pytest.approx(160)
+    assert [d.duration_ms for d in decisions if isinstance(d, SendMedia)] == [100]
+    assert caller.ahead_ms(0.08) == pytest.approx(220)
 
 
 @pytest.mark.parametrize(("frame_ms", "max_message_ms", "lead_ms"), [(20, 100, 160), (20, 20, 60), (10, 50, 500)])
@@ -192,10 +195,10 @@ def test_played_ms_advances_with_echoes_in_the_current_generation() -> None:
     marks = [d for d in buffer.poll(0.0) if isinstance(d, SendMark)]
     assert buffer.played_ms(A) == 0
     second = buffer.mark_echoed(marks[1].name)
-    assert second == MarkEcho("played", A, 160, False)
-    assert buffer.mark_echoed(marks[0].name).played_ms == 160
-    assert buffer.played_ms(A) == 160
-    assert buffer.sent_ms(A) == 160
+    assert second == MarkEcho("played", A, 200, False)
+    assert buffer.mark_echoed(marks[0].name).played_ms == 200
+    assert buffer.played_ms(A) == 200
+    assert buffer.sent_ms(A) == 200
 
 
 def test_stale_echoes_after_clear_advance_nothing() -> None:
@@ -257,14 +260,15 @@ def test_audio_of_a_cleared_response_is_refused() -> None:
 
 
 def test_next_response_after_clear_starts_with_a_full_burst() -> None:
-    """After a clear Twilio holds nothing, so the next response again gets lead_ms at once."""
+    """After a clear Twilio holds nothing, so the next response again gets its lead at once (whole messages
+    until lead_ms is reached)."""
     buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=100))
     buffer.push(A, audio(8000))
     buffer.poll(0.0)
     buffer.clear(0.02)
     buffer.push(B, audio(8000, 3))
     decisions = buffer.poll(0.02)
-    assert sum(d.duration_ms for d in decisions if isinstance(d, SendMedia)) == 160
+    assert sum(d.duration_ms for d in decisions if isinstance(d, SendMedia)) == 200
 
 
 def test_clear_with_nothing_playing_or_queued_sends_nothing() -> None:

@@ -55,6 +55,9 @@ class GatewayState:
     codec: UpstreamCodec
     lines: LineDirectory = field(default_factory=SingleLine)
     active_calls: set[CallRunner] = field(default_factory=set)
+    """Every Media Stream socket being served, started or still waiting for its ``start``."""
+    live_calls: int = 0
+    """Calls holding a slot: their ``start`` was valid (docs/operations.md §4); the rest of active_calls wait."""
     reservations: dict[str, float] = field(default_factory=dict)
     """Slots held for calls answered by the webhook whose stream has not arrived yet: CallSid → expiry (loop s)."""
     tools: ToolClient | None = None
@@ -74,7 +77,38 @@ class GatewayState:
         """Live calls plus unexpired reservations (expired ones are dropped here)."""
         for call_sid in [sid for sid, expiry in self.reservations.items() if expiry <= now]:
             del self.reservations[call_sid]
-        return len(self.active_calls) + len(self.reservations)
+        return self.live_calls + len(self.reservations)
+
+    @property
+    def pending_streams(self) -> int:
+        """Sockets accepted that have not yet sent a valid ``start`` (they hold no slot)."""
+        return len(self.active_calls) - self.live_calls
+
+
+class CallSeat:
+    """One socket's claim on a call slot, taken by the call's valid ``start`` (gateway.core.params.Admission)."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+        self.taken = False
+
+    def admit(self, call_sid: str) -> bool:
+        """The slot the webhook reserved for ``call_sid``, else a free one; False when every slot is taken."""
+        state = self._state
+        reserved = state.reservations.pop(call_sid, None) is not None
+        now = asyncio.get_running_loop().time()
+        if not reserved and state.slots_in_use(now) >= state.settings.max_concurrent_calls:
+            _refused(state, "start_at_capacity")
+            return False
+        state.live_calls += 1
+        self.taken = True
+        return True
+
+    def release(self) -> None:
+        """The call ended: its slot is free."""
+        if self.taken:
+            self._state.live_calls -= 1
+            self.taken = False
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
@@ -98,6 +132,7 @@ def make_app(
         connect_upstream = connector.connect
         codec = connector.codec
     assert codec is not None, "a custom connect_upstream needs its codec"
+    settings.call_params()  # a bad combination of limits fails here, before anything listens
     app[STATE] = GatewayState(
         settings=settings,
         tokens=StreamTokens(
@@ -285,20 +320,28 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         state.calls_rejected += 1
         raise web.HTTPForbidden(text="invalid Twilio signature")
     now = asyncio.get_running_loop().time()
-    if state.reservations:
-        # The stream of a call the webhook admitted: it takes over the slot held for it (the one expiring first).
-        del state.reservations[min(state.reservations, key=state.reservations.__getitem__)]
-    if state.slots_in_use(now) >= settings.max_concurrent_calls:
+    # docs/operations.md §4: a socket takes a call slot only with a valid start (its reservation, if the webhook
+    # made one, else a free slot); until then it counts against its own small bound and start_timeout_s.
+    if not state.reservations and state.slots_in_use(now) >= settings.max_concurrent_calls:
         log.warning("media stream: at capacity (%d calls), refusing", settings.max_concurrent_calls)
         state.calls_rejected += 1
         _refused(state, "upgrade_at_capacity")
         raise web.HTTPServiceUnavailable(text="at capacity")
-    # twilio-media-streams.md P13: no compression; frames bounded.
-    ws = web.WebSocketResponse(compress=False, max_msg_size=settings.twilio_max_message_bytes)
+    if state.pending_streams >= settings.max_pending_streams:
+        log.warning("media stream: %d sockets already wait for their start, refusing", state.pending_streams)
+        state.calls_rejected += 1
+        _refused(state, "too_many_pending_streams")
+        raise web.HTTPServiceUnavailable(text="too many streams waiting to start")
+    # twilio-media-streams.md P13: no compression; frames bounded; §4 of operations.md: a heartbeat.
+    ws = web.WebSocketResponse(
+        compress=False, max_msg_size=settings.twilio_max_message_bytes, heartbeat=settings.twilio_heartbeat_s
+    )
     await ws.prepare(request)
     now = asyncio.get_running_loop().time()
     tokens = WallClockTokens(state.tokens) if auth_token is not None else None
-    call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines)
+    seat = CallSeat(state)
+    call = Call(settings.call_params(), state.codec, tokens, now=now, lines=state.lines, admission=seat)
+    transport = request.transport
     runner = CallRunner(
         call,
         ws,
@@ -307,6 +350,9 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         move_call=state.twilio.transfer if state.twilio is not None else None,
         metrics=state.metrics,
         recordings=state.recordings,
+        send_timeout_s=settings.send_timeout_s,
+        twilio_queue_bytes=settings.twilio_send_queue_bytes,
+        abort_twilio=transport.abort if transport is not None else None,
     )
     state.active_calls.add(runner)
     state.calls_started += 1
@@ -315,6 +361,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         await runner.run()
     finally:
         state.active_calls.discard(runner)
+        seat.release()
         stats = call.statistics(asyncio.get_running_loop().time())
         if state.metrics is not None:
             state.metrics.observe(call.observed.take())
@@ -343,7 +390,8 @@ def _refused(state: GatewayState, reason: str) -> None:
 
 def _facts(state: GatewayState) -> AppFacts:
     return AppFacts(
-        active_calls=len(state.active_calls),
+        active_calls=state.live_calls,
+        pending_streams=state.pending_streams,
         reserved_slots=len(state.reservations),
         draining=state.draining,
         numbers_reload_failed=state.numbers_error is not None,

@@ -28,20 +28,28 @@ from gateway.wire.upstream import SessionStart, UpstreamCodec
 log = logging.getLogger("gateway.evi")
 
 TOKEN_REFRESH_MARGIN_S = 60.0
+CLOSE_TIMEOUT_S = 2.0
+"""Time EVI has to answer our close frame before the socket is dropped."""
 
 
 @dataclass
 class UpstreamConnection:
-    """One open upstream socket."""
+    """One open upstream socket; every write is bounded by ``send_timeout_s`` (docs/operations.md §4)."""
 
     ws: ClientConnection
+    send_timeout_s: float = 5.0
 
     async def send(self, text: str) -> None:
-        """Send one text frame; a closed socket raises ConnectionError."""
+        """Send one text frame; a closed socket, or one that takes longer than the bound (EVI is not reading),
+        raises ConnectionError (the socket is aborted then)."""
         try:
-            await self.ws.send(text)
+            async with asyncio.timeout(self.send_timeout_s):
+                await self.ws.send(text)
         except websockets.ConnectionClosed as exc:
             raise ConnectionError(f"EVI socket closed: {exc}") from None
+        except TimeoutError:
+            self.ws.transport.abort()
+            raise ConnectionError(f"EVI did not read a frame within {self.send_timeout_s:g} s") from None
 
     async def messages(self) -> AsyncIterator[str | bytes]:
         """Frames until the socket closes, cleanly or not (see :attr:`close_code`)."""
@@ -52,8 +60,13 @@ class UpstreamConnection:
             return
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close (idempotent)."""
-        await self.ws.close(code, reason)
+        """Close (idempotent). websockets bounds the closing handshake but not the write of the close frame
+        into a full buffer, so the whole close is bounded here and the socket aborted past it."""
+        try:
+            async with asyncio.timeout(self.send_timeout_s + CLOSE_TIMEOUT_S):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.ws.transport.abort()
 
     @property
     def close_code(self) -> int | None:
@@ -98,7 +111,11 @@ class EviConnector:
                 additional_headers=headers,
                 max_size=s.evi_max_message_bytes,
                 open_timeout=s.evi_connect_timeout_s,
-                close_timeout=2,
+                close_timeout=CLOSE_TIMEOUT_S,
+                # docs/operations.md §4: a frozen EVI (socket open, nothing read or answered) is noticed within
+                # ping_interval + ping_timeout and dropped (1011), then resumed like any drop.
+                ping_interval=s.evi_ping_interval_s,
+                ping_timeout=s.evi_ping_timeout_s,
                 compression=None,
                 logger=redacting_logger("gateway.evi.websockets"),
             )
@@ -109,7 +126,7 @@ class EviConnector:
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             raise UpstreamConnectError(f"cannot reach EVI at {redact_url(url)}: {type(exc).__name__}: {exc}") from None
         log.info("E> session opened at %s", redact_url(url))
-        return UpstreamConnection(ws)
+        return UpstreamConnection(ws, s.send_timeout_s)
 
     async def _access_token(self) -> str:
         """evi-protocol.md §1.3: client-credentials token, cached until shortly before it expires."""

@@ -32,17 +32,20 @@ from gateway.core.actions import (
     TransferCall,
 )
 from gateway.core.call import Call
-from gateway.core.states import CallState
+from gateway.core.states import CallState, EndReason
 from gateway.core.stats import CallStats
 from gateway.core.tools import ToolOutcome
-from gateway.errors import TwilioRestError
+from gateway.errors import TwilioRestError, UpstreamProtocolError
 from gateway.logs import current_call
 from gateway.wire.upstream import SessionStart
 
 log = logging.getLogger("gateway.call")
 
 UPSTREAM_QUEUE_FRAMES = 500  # 10 s of 20 ms audio: beyond this the upstream is not keeping up
+UPSTREAM_QUEUE_BYTES = 2**20  # and never more than this many bytes of frames (tool answers can be large)
 CLOSE_GRACE_S = 2.0
+OFF_LOOP_DECODE_BYTES = 256 * 1024
+"""Upstream frames larger than this are decoded in a worker thread, so no call's audio waits for one (§4)."""
 
 
 class Upstream(Protocol):
@@ -66,6 +69,7 @@ RunToolCall = Callable[[RunTool], Awaitable[ToolOutcome]]
 MoveCall = Callable[[str, str], Awaitable[None]]
 """``(call_sid, target)``: move a live call with a REST update; raises TwilioRestError on failure."""
 _CLOSE = object()
+"""Queued after the frames for the upstream: close it with ``_upstream_close`` (code, reason)."""
 
 
 class CallRunner:
@@ -81,8 +85,18 @@ class CallRunner:
         move_call: MoveCall | None = None,
         metrics: GatewayMetrics | None = None,
         recordings: Recordings | None = None,
+        send_timeout_s: float = 5.0,
+        twilio_queue_bytes: int = 256 * 1024,
+        abort_twilio: Callable[[], None] | None = None,
     ) -> None:
         self.call = call
+        # docs/operations.md §4: a Twilio peer that stops reading is noticed by a send passing send_timeout_s or
+        # by our queue passing twilio_queue_bytes; its socket is then aborted (a close frame could not get out).
+        self._send_timeout_s = send_timeout_s
+        self._twilio_queue_limit = twilio_queue_bytes
+        self._twilio_queued_bytes = 0
+        self._abort_twilio = abort_twilio
+        self._upstream_queued_bytes = 0
         self._recordings = recordings
         # The recording's tap (docs/recordings.md) sees every frame read and written, and what the upstream said.
         self._tap = recordings.tap(call) if recordings is not None else None
@@ -99,9 +113,15 @@ class CallRunner:
         self._upstream: Upstream | None = None
         self._upstream_task: asyncio.Task[None] | None = None
         self._upstream_close_requested = False
+        self._upstream_close = (1000, "call ended")
         self._tg: asyncio.TaskGroup | None = None
         self._closed = asyncio.Event()
         self.upstream_frames_dropped = 0
+
+    @property
+    def upstream_queued_bytes(self) -> int:
+        """Bytes of frames waiting for the upstream writer (bounded by UPSTREAM_QUEUE_BYTES)."""
+        return self._upstream_queued_bytes
 
     def now(self) -> float:
         """The loop's monotonic clock, in seconds."""
@@ -144,12 +164,18 @@ class CallRunner:
             match action:
                 case SendTwilio():
                     self._twilio_out.put_nowait((action, stamp))
+                    self._twilio_queued_bytes += len(action.text)
+                    if self._twilio_queued_bytes > self._twilio_queue_limit:
+                        self._twilio_stalled(f"{self._twilio_queued_bytes} bytes wait for Twilio to read them")
+                        return
                 case SendUpstream():
                     self._send_upstream(action.text, stamp)
                 case OpenUpstream():
                     assert self._tg is not None
+                    self._upstream_close_requested = False  # a new socket (a resume): the old close was done
                     self._upstream_task = self._tg.create_task(self._run_upstream(action.session), name="upstream")
                 case CloseUpstream():
+                    self._upstream_close = (action.code, action.reason)
                     self._close_upstream()
                 case CloseTwilio():
                     self._twilio_out.put_nowait((action, stamp))
@@ -183,13 +209,31 @@ class CallRunner:
         except TwilioRestError as exc:
             self.execute(self.call.transfer_failed(self.now(), str(exc)))
 
+    def _twilio_stalled(self, detail: str) -> None:
+        """Twilio is not reading: abort its socket, then let the core end the call (nothing more is queued)."""
+        if self.call.state is CallState.CLOSED:
+            return
+        if self._abort_twilio is not None:
+            self._abort_twilio()
+        actions = self.call.twilio_stalled(self.now(), detail)
+        self.execute([a for a in actions if not isinstance(a, SendTwilio | CloseTwilio)])
+        self._closed.set()
+
     def _send_upstream(self, text: str, stamp: float) -> None:
+        if self._upstream_queued_bytes + len(text) > UPSTREAM_QUEUE_BYTES:
+            self._upstream_dropped()
+            return
         try:
             self._upstream_out.put_nowait((text, stamp))
         except asyncio.QueueFull:
-            self.upstream_frames_dropped += 1
-            if self.upstream_frames_dropped == 1:
-                log.warning("E> upstream is not keeping up: dropping caller audio")
+            self._upstream_dropped()
+            return
+        self._upstream_queued_bytes += len(text)
+
+    def _upstream_dropped(self) -> None:
+        self.upstream_frames_dropped += 1
+        if self.upstream_frames_dropped == 1:
+            log.warning("E> upstream is not keeping up: dropping caller audio")
 
     def _close_upstream(self) -> None:
         self._upstream_close_requested = True
@@ -203,6 +247,7 @@ class CallRunner:
             # Closing matters more than queued audio.
             while not self._upstream_out.empty():
                 self._upstream_out.get_nowait()
+            self._upstream_queued_bytes = 0
             self._upstream_out.put_nowait(_CLOSE)
 
     # ------------------------------------------------------------------ the Twilio socket
@@ -232,16 +277,27 @@ class CallRunner:
             if isinstance(item, CloseTwilio):
                 if self._tap is not None:
                     self._tap.twilio_closed(self._loop.time())
-                await ws.close(code=item.code, message=item.reason.encode()[:120])
+                if self.call.end_reason is EndReason.TWILIO_STALLED and self._abort_twilio is not None:
+                    self._abort_twilio()  # a peer that does not read would not read our close frame either
+                    return
+                # The reason is one of our own end-reason words (ASCII, < 123 bytes: RFC 6455 §5.5).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._send_timeout_s):
+                        await ws.close(code=item.code, message=item.reason.encode("ascii"))
                 return
+            self._twilio_queued_bytes -= len(item.text)
             if ws.closed:
                 continue
             sent_s = self._loop.time()
             try:
-                await ws.send_str(item.text)
+                async with asyncio.timeout(self._send_timeout_s):
+                    await ws.send_str(item.text)
             except ConnectionError:
                 log.info("T> socket gone while sending")
                 continue
+            except TimeoutError:
+                self._twilio_stalled(f"a frame to Twilio was not read within {self._send_timeout_s:g} s")
+                return
             if self._tap is not None:
                 self._tap.twilio_sent(item, sent_s)
             if metrics is not None:
@@ -273,7 +329,10 @@ class CallRunner:
             self.execute(self.call.upstream_opened(self.now()))
             async for message in upstream.messages():
                 now = self.now()
-                self.execute(self.call.receive_upstream(message, now), now)
+                if len(message) > OFF_LOOP_DECODE_BYTES:
+                    await self._receive_big(message, now)
+                else:
+                    self.execute(self.call.receive_upstream(message, now), now)
                 if self._tap is not None:
                     self._tap.upstream_read(message, now)
         except ConnectionError as exc:
@@ -283,22 +342,39 @@ class CallRunner:
             self._upstream = None
             while not self._upstream_out.empty():  # frames for this socket must not reach a resumed one
                 self._upstream_out.get_nowait()
+            self._upstream_queued_bytes = 0
             with contextlib.suppress(Exception):
                 await upstream.close()
         self.execute(self.call.upstream_closed(self.now(), upstream.close_code, upstream.close_reason))
+
+    async def _receive_big(self, message: str | bytes, now: float) -> None:
+        """A big frame spends its budget first, then is decoded off the loop (docs/operations.md §4); the next
+        frame is read only after it, so the upstream's order is kept."""
+        refused = self.call.upstream_size(len(message), now)
+        if refused is not None:
+            self.execute(refused, now)
+            return
+        try:
+            event = await asyncio.to_thread(self.call.codec.decode, message)
+        except UpstreamProtocolError as exc:
+            self.execute(self.call.upstream_undecodable(exc, self.now()), now)
+            return
+        self.execute(self.call.upstream_event(event, self.now()), now)
 
     async def _write_upstream(self, upstream: Upstream) -> None:
         metrics = self._metrics
         while True:
             item = await self._upstream_out.get()
             if item is _CLOSE:
-                await upstream.close(1000, "call ended")
+                await upstream.close(*self._upstream_close)
                 return
             assert isinstance(item, tuple)
             text, stamp = item
+            self._upstream_queued_bytes -= len(text)
             try:
-                await upstream.send(text)
-            except ConnectionError:
+                await upstream.send(text)  # bounded by the connection's send timeout (docs/operations.md §4)
+            except ConnectionError as exc:
+                log.warning("E> %s", exc)
                 return
             if metrics is not None:
                 metrics.frame_sent("caller_to_evi", self._loop.time() - stamp)

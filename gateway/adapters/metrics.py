@@ -39,6 +39,7 @@ class AppFacts:
     """What the app knows now, read at each scrape."""
 
     active_calls: int
+    pending_streams: int
     reserved_slots: int
     draining: bool
     numbers_reload_failed: bool
@@ -77,6 +78,7 @@ class _Live(Collector):
         facts = metrics.facts()
         for name, help_text, value in (
             ("gateway_active_calls", "Calls in progress (streams bridged to EVI).", facts.active_calls),
+            ("gateway_pending_streams", "Media Stream sockets waiting for a valid start.", facts.pending_streams),
             (
                 "gateway_reserved_slots",
                 "Slots held for calls whose stream is due.",
@@ -137,7 +139,15 @@ class GatewayMetrics:
         self.tool_calls = Counter("gateway_tool_calls", "Tool calls, by outcome.", ["tool", "outcome"], registry=r)
         self.transfers = Counter("gateway_transfers", "Transfers to a person, by outcome.", ["outcome"], registry=r)
         self.refusals = Counter("gateway_admission_refusals", "Calls not admitted, by reason.", ["reason"], registry=r)
-        for reason in ("busy", "overflow", "draining", "upgrade_at_capacity"):
+        reasons = (
+            "busy",
+            "overflow",
+            "draining",
+            "upgrade_at_capacity",
+            "start_at_capacity",
+            "too_many_pending_streams",
+        )
+        for reason in reasons:
             self.refusals.labels(reason)  # present at zero, so a dashboard sees the family before a refusal
         r.register(_Live(self))
 

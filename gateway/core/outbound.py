@@ -34,6 +34,8 @@ class OutboundStats:
     upstream_audio_ms: float
     barge_ins: int = 0
     """Times the agent was cut off (by the upstream's interruption or by the caller talking over playout)."""
+    responses_cut_over_budget: int = 0
+    """Responses cut because they would pass the playout queue's bound or the audio byte budget (operations.md §4)."""
 
 
 class OutboundAudio:
@@ -41,6 +43,7 @@ class OutboundAudio:
 
     def __init__(self, params: PlayoutParams, quality: Quality = "HQ") -> None:
         self._playout = PlayoutBuffer(params)
+        self._max_queued_ms = params.max_queued_ms
         self._quality: Quality = quality
         self._pause_flush_s = params.lead_ms / 1000
         self._transcoder: OutboundTranscoder | None = None
@@ -56,6 +59,7 @@ class OutboundAudio:
         self._responses = 0
         self._upstream_audio_ms = 0.0
         self._barge_ins = 0
+        self._cut_over_budget = 0
 
     # ------------------------------------------------------------------ the upstream's side
 
@@ -75,12 +79,29 @@ class OutboundAudio:
             self._finish_current()
             self._current = response_id
             self._responses += 1
+        if self._playout.queued_ms + chunk.duration_ms > self._max_queued_ms:
+            # docs/operations.md §4: the queue ahead of Twilio is bounded; what is queued still plays.
+            self.cut_current()
+            return self.poll(now_s)
         if self._transcoder is None or self._transcoder.in_rate_hz != chunk.rate_hz:
             self._flush_into_playout()
             self._transcoder = OutboundTranscoder(chunk.rate_hz, self._quality)
         self._playout.push(response_id, self._transcoder.process(chunk.pcm16))
         self._last_audio_s = now_s
         return self.poll(now_s)
+
+    def cut_current(self) -> None:
+        """Cut the response being received without flushing Twilio: what is queued plays, the rest is dropped
+        as late audio (a budget was exceeded, docs/operations.md §4)."""
+        if self._current is None:
+            return
+        self._cut_over_budget += 1
+        self._cut.add(self._current)
+        if self._transcoder is not None:
+            self._transcoder.reset()
+        self._playout.end_response(self._current)
+        self._current = None
+        self._last_audio_s = None
 
     def agent_turn_end(self, now_s: float) -> list[PlayoutDecision]:
         """The upstream finished this turn: release the resampler tail, close the response, release what is due."""
@@ -146,6 +167,10 @@ class OutboundAudio:
 
     # ------------------------------------------------------------------ queries
 
+    def echo_overdue_s(self, now_s: float) -> float:
+        """How far Twilio's mark echoes have fallen behind playback (docs/operations.md §4)."""
+        return self._playout.echo_overdue_s(now_s)
+
     @property
     def idle(self) -> bool:
         """Nothing queued or held, and everything sent has been played (its marks echoed)."""
@@ -164,7 +189,12 @@ class OutboundAudio:
     def statistics(self) -> OutboundStats:
         """Counters since the call began."""
         return OutboundStats(
-            self._chunks, self._chunks_dropped_late, self._responses, self._upstream_audio_ms, self._barge_ins
+            self._chunks,
+            self._chunks_dropped_late,
+            self._responses,
+            self._upstream_audio_ms,
+            self._barge_ins,
+            self._cut_over_budget,
         )
 
     def playout_statistics(self) -> PlayoutStats:

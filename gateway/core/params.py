@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.core.budgets import BudgetParams
 from gateway.core.inbound import InboundParams
 from gateway.core.playout import PlayoutParams
 from gateway.wire.stream_token import TokenVerdict
+
+
+class Admission(Protocol):
+    """Gives a started call one of the gateway's call slots (docs/operations.md §4)."""
+
+    def admit(self, call_sid: str) -> bool:
+        """Take a slot for ``call_sid`` (the one the webhook reserved for it, else a free one); False when full."""
+        ...
 
 
 class TokenRedeemer(Protocol):
@@ -49,3 +58,4 @@ class CallParams:
     """Said to a call still live when the gateway's drain grace ends (operations.md §2)."""
     playout: PlayoutParams = field(default_factory=PlayoutParams)
     inbound: InboundParams = field(default_factory=InboundParams)
+    budgets: BudgetParams = field(default_factory=BudgetParams)

@@ -30,12 +30,16 @@ class PlayoutParams:
 
     lead_ms: int = 160
     """Audio kept queued at Twilio ahead of what the caller hears (P1: ~100–200 ms)."""
-    max_message_ms: int = 100
-    """Largest media message; frames released together are coalesced up to this."""
+    max_message_ms: int = 200
+    """Largest media message: once the lead falls below ``lead_ms``, this much is sent at once (with one mark),
+    so Twilio holds between ``lead_ms - frame_ms`` and ``lead_ms + max_message_ms`` and gets about
+    ``2000 / max_message_ms`` messages a second of speech. What the caller heard is known to within one message."""
     frame_ms: int = 20
     """Frame size the FIFO is cut into; also the pacing granularity."""
     mark_prefix: str = ""
     """Prepended to every mark name, e.g. to tell two buffers' marks apart."""
+    max_queued_ms: int = 60_000
+    """Most audio held ahead of Twilio (docs/operations.md §4); a response that would pass it is cut."""
 
     def __post_init__(self) -> None:
         if self.frame_ms <= 0:
@@ -44,6 +48,8 @@ class PlayoutParams:
             raise ConfigError(f"playout max_message_ms ({self.max_message_ms}) must be >= frame_ms ({self.frame_ms})")
         if self.lead_ms < 0:
             raise ConfigError(f"playout lead_ms must be >= 0, got {self.lead_ms}")
+        if self.max_queued_ms < self.max_message_ms:
+            raise ConfigError(f"playout max_queued_ms ({self.max_queued_ms}) must be >= max_message_ms")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -149,9 +155,9 @@ class PlayoutBuffer:
     """FIFO of μ-law frames for one call, paced against a model of the caller's playback clock.
 
     The model: Twilio plays each message from ``max(play_end_s, now_s)`` for its duration, so
-    ``play_end_s - now_s`` is the audio sent but not yet heard. ``poll`` releases frames only while that
-    lead is below ``lead_ms``; at a response's start it therefore sends a burst of about ``lead_ms``,
-    then about one frame per ``frame_ms`` tick.
+    ``play_end_s - now_s`` is the audio sent but not yet heard. ``poll`` releases a message of up to
+    ``max_message_ms`` whenever that lead is below ``lead_ms``: at a response's start one whole message,
+    then one every ``max_message_ms`` or so.
     """
 
     def __init__(self, params: PlayoutParams = PlayoutParams()) -> None:
@@ -168,6 +174,7 @@ class PlayoutBuffer:
         self._unfinished: dict[ResponseId, _Response] = {}  # OPEN or ENDED
         self._marks: dict[MarkName, _MarkRecord] = {}
         self._unacked_marks = 0  # of the current generation
+        self._echo_due: deque[tuple[MarkName, float]] = deque()  # its marks in send order, with when each plays
         self._mark_seq = 0
         self._play_end_s = float("-inf")
         self._in_underrun = False
@@ -236,7 +243,7 @@ class PlayoutBuffer:
             head = self._queue[0]
             if isinstance(head, _EndOfResponse):
                 self._queue.popleft()
-                out.append(self._final_mark(self._responses[head.response_id]))
+                out.append(self._final_mark(self._responses[head.response_id], now_s))
             elif self._may_release(now_s):
                 out.extend(self._release_message(now_s))
             else:
@@ -265,6 +272,7 @@ class PlayoutBuffer:
             response.framer.reset()
         self._unfinished.clear()
         self._unacked_marks = 0
+        self._echo_due.clear()
         self._play_end_s = now_s
         self._in_underrun = False
         return decisions
@@ -283,6 +291,9 @@ class PlayoutBuffer:
             self._marks_stale += 1
             return MarkEcho("stale", record.response_id, played_ms, False)
         self._unacked_marks -= 1
+        while self._echo_due:  # Twilio plays, and so echoes, in order: the marks before this one were heard too
+            if self._echo_due.popleft()[0] == name:
+                break
         self._marks_played += 1
         response.played_bytes = max(response.played_bytes, record.offset_bytes)
         done = response.final_mark == name and response.state is _State.ENDED
@@ -317,6 +328,11 @@ class PlayoutBuffer:
     def queued_ms(self) -> int:
         """Audio held and not yet sent, partial frames included."""
         return (self._queued_bytes + self._partial_bytes) // ULAW_BYTES_PER_MS
+
+    def echo_overdue_s(self, now_s: float) -> float:
+        """How long the oldest mark of the current generation has been due to be echoed (0 when none is): a
+        Twilio that stops reading or playing shows as echoes falling behind (docs/operations.md §4)."""
+        return max(0.0, now_s - self._echo_due[0][1]) if self._echo_due else 0.0
 
     @property
     def idle(self) -> bool:
@@ -369,7 +385,9 @@ class PlayoutBuffer:
         return ahead_s <= _EPSILON_S or ahead_s < self._lead_s - _EPSILON_S
 
     def _release_message(self, now_s: float) -> list[SendMedia | SendMark]:
-        """Coalesce frames of one response from the head of the queue while the lead allows."""
+        """Coalesce frames of one response from the head of the queue, up to ``max_message_ms``: once the lead has
+        fallen below ``lead_ms`` a whole message goes (fewer, larger messages: each costs Twilio and every
+        load generator a JSON parse, and each carries one mark)."""
         first = self._queue[0]
         assert isinstance(first, _Frame)
         response = self._responses[first.response_id]
@@ -379,7 +397,7 @@ class PlayoutBuffer:
             frame = self._queue[0]
             if not isinstance(frame, _Frame) or frame.response_id != response.response_id:
                 break
-            if parts and (size + len(frame.ulaw) > self._max_message_bytes or not self._may_release(now_s)):
+            if parts and size + len(frame.ulaw) > self._max_message_bytes:
                 break
             self._queue.popleft()
             self._frames_queued -= 1
@@ -396,18 +414,19 @@ class PlayoutBuffer:
         head = self._queue[0] if self._queue else None
         if isinstance(head, _EndOfResponse) and head.response_id == response.response_id:
             self._queue.popleft()
-            return [media, self._final_mark(response)]
-        return [media, self._mark(response)]
+            return [media, self._final_mark(response, now_s)]
+        return [media, self._mark(response, now_s)]
 
-    def _mark(self, response: _Response) -> SendMark:
+    def _mark(self, response: _Response, now_s: float) -> SendMark:
         name = MarkName(f"{self._params.mark_prefix}{self._generation}.{self._mark_seq}")
         self._mark_seq += 1
         self._marks[name] = _MarkRecord(response.response_id, self._generation, response.sent_bytes)
         self._unacked_marks += 1
+        self._echo_due.append((name, max(self._play_end_s, now_s)))
         return SendMark(name)
 
-    def _final_mark(self, response: _Response) -> SendMark:
-        mark = self._mark(response)
+    def _final_mark(self, response: _Response, now_s: float) -> SendMark:
+        mark = self._mark(response, now_s)
         response.end_queued = False
         response.final_mark = mark.name
         return mark

@@ -21,6 +21,8 @@ class Resumption:
 
     def classify(self, state: CallState, code: int | None, *, asked: bool, group_known: bool) -> Input:
         """What an upstream close means for the call in ``state``."""
+        if asked and state is CallState.RECONNECTING:
+            return Input.UPSTREAM_DROPPED  # the stalled session we closed ourselves: resume it (UPSTREAM_STALLED)
         if asked or code not in RESUMABLE_CLOSE_CODES:
             return Input.UPSTREAM_CLOSED
         if state is CallState.CONNECTING_UPSTREAM:

@@ -62,6 +62,14 @@ class Input(enum.Enum):
     TWILIO_IGNORED = "twilio unknown/ignored"
     TWILIO_VIOLATION = "twilio protocol error"
     TWILIO_CLOSED = "twilio closed"
+    TWILIO_SILENT = "twilio silent"
+    """No ``media`` for ``caller_silence_timeout_s``: the stream has stalled (docs/operations.md §4)."""
+    TWILIO_FLOOD = "twilio flood"
+    """Caller audio kept arriving faster than real time beyond its budget (docs/operations.md §4)."""
+    TWILIO_STALLED = "twilio not reading"
+    """Our frames to Twilio are not being read: a send or the outbound queue passed its bound."""
+    AT_CAPACITY = "twilio start at capacity"
+    """A valid ``start`` arrived but every call slot is taken (slots are held by calls, not sockets)."""
     UPSTREAM_READY = "upstream ready"
     UPSTREAM_EVENT = "upstream event"
     UPSTREAM_FAULT = "upstream error"
@@ -73,6 +81,8 @@ class Input(enum.Enum):
     """An abnormal close that may be resumed (a group to resume, attempts left)."""
     UPSTREAM_LOST = "upstream lost"
     """The upstream is gone for good: an abnormal close that cannot be resumed."""
+    UPSTREAM_STALLED = "upstream stalled"
+    """The upstream sent nothing while the caller spoke (docs/operations.md §4): closed and resumed as a drop."""
     TOOL_RESULT = "tool result"
     OPERATOR_SAY = "operator say"
     """A supervisor asks the agent to say something on the live call (``POST /calls/{call_sid}/say``)."""
@@ -118,6 +128,10 @@ class EndReason(enum.Enum):
     TRANSFERRED = "transferred"
     TRANSFER_FAILED = "transfer_failed"
     SHUTDOWN = "shutdown"
+    CAPACITY = "capacity"
+    TWILIO_SILENT = "twilio_silent"
+    TWILIO_FLOOD = "twilio_flood"
+    TWILIO_STALLED = "twilio_stalled"
 
 
 S = CallState
@@ -136,6 +150,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.AWAITING_START, I.CONNECTED): S.AWAITING_START,
     (S.AWAITING_START, I.START): S.CONNECTING_UPSTREAM,
     (S.AWAITING_START, I.START_REJECTED): S.CLOSED,
+    (S.AWAITING_START, I.AT_CAPACITY): S.CLOSED,
     (S.AWAITING_START, I.TWILIO_IGNORED): S.AWAITING_START,
     (S.AWAITING_START, I.TWILIO_VIOLATION): S.CLOSED,
     (S.AWAITING_START, I.STOP): S.CLOSED,
@@ -150,6 +165,7 @@ TRANSITIONS: dict[tuple[CallState, Input], CallState] = {
     (S.ACTIVE, I.HANG_UP): S.SAYING_GOODBYE,
     (S.ACTIVE, I.TRANSFER): S.TRANSFERRING,
     (S.ACTIVE, I.UPSTREAM_DROPPED): S.RECONNECTING,
+    (S.ACTIVE, I.UPSTREAM_STALLED): S.RECONNECTING,
     (S.ACTIVE, I.DEADLINE): S.SAYING_GOODBYE,  # the gateway's own limit: a goodbye is spoken first
     (S.ACTIVE, I.SHUTDOWN): S.SAYING_GOODBYE,  # the drain's grace is over: likewise (operations.md §2)
     # docs/evi-protocol.md §7: resume the chat group; audio flows again once the new chat is ready.
@@ -191,6 +207,11 @@ for _state in _LIVE:
     TRANSITIONS.setdefault((_state, I.SHUTDOWN), _state)
     TRANSITIONS[(_state, I.STOP)] = S.CLOSED
     TRANSITIONS[(_state, I.TWILIO_CLOSED)] = S.CLOSED
+    # docs/operations.md §4: a stream that floods, stalls or stops reading is closed at once; nobody hears it.
+    TRANSITIONS[(_state, I.TWILIO_FLOOD)] = S.CLOSED
+    TRANSITIONS[(_state, I.TWILIO_STALLED)] = S.CLOSED
+    if _state not in (S.REDIRECTING, S.ENDING):  # these have their own deadlines; Twilio may stop media there
+        TRANSITIONS[(_state, I.TWILIO_SILENT)] = S.CLOSED
 # CLOSED absorbs everything: late inputs after the end are expected and harmless (websockets' receive_eof).
 for _event in Input:
     TRANSITIONS[(S.CLOSED, _event)] = S.CLOSED
@@ -249,6 +270,10 @@ END_REASONS: dict[Input, EndReason] = {
     I.UPSTREAM_LOST: EndReason.UPSTREAM_LOST,
     I.HANG_UP: EndReason.HANG_UP,
     I.SHUTDOWN: EndReason.SHUTDOWN,
+    I.AT_CAPACITY: EndReason.CAPACITY,
+    I.TWILIO_SILENT: EndReason.TWILIO_SILENT,
+    I.TWILIO_FLOOD: EndReason.TWILIO_FLOOD,
+    I.TWILIO_STALLED: EndReason.TWILIO_STALLED,
 }
 """The end reason an input gives when it moves the call towards its end (deadlines give their own) …"""
 
@@ -263,9 +288,11 @@ CLOSE_CODES: dict[EndReason, int] = {
     EndReason.TWILIO_PROTOCOL_ERROR: 1008,
     EndReason.START_TIMEOUT: 1008,
     EndReason.SHUTDOWN: 1001,
+    EndReason.CAPACITY: 1013,
+    EndReason.TWILIO_FLOOD: 1008,
 }
 """WebSocket close code of the Media Stream per end reason (RFC 6455 §7.4.1: 1008 policy violation, 1001 going
-away); else 1000."""
+away, 1013 try again later); else 1000."""
 
 APOLOGISE: frozenset[EndReason] = frozenset(
     {EndReason.UPSTREAM_ERROR, EndReason.UPSTREAM_TIMEOUT, EndReason.UPSTREAM_LOST, EndReason.TRANSFER_FAILED}
@@ -362,6 +389,10 @@ for (_state, _condition), _target in TRIGGERED.items():
     _TRIGGERS[_state] = (*_TRIGGERS.get(_state, ()), Transition(_state, _target, _condition))
 
 
+MAX_DETAIL_CHARS = 600
+"""The end detail is cut here: it may quote a peer (an EVI error message), and the end-of-call line is bounded."""
+
+
 class Lifecycle:
     """The call's and the link's current states, when each began, and the end reason; nothing else."""
 
@@ -419,9 +450,10 @@ class Lifecycle:
                 if reason is None and isinstance(cause, Input):
                     reason = END_REASONS_IN.get((transition.source, cause)) or END_REASONS.get(cause)
                 self.end_reason = reason
-                self.end_detail = detail
+                self.end_detail = detail[:MAX_DETAIL_CHARS]
             elif transition.target in ENDWARD and detail:
-                self.end_detail = f"{self.end_detail}; {detail}" if self.end_detail else detail
+                joined = f"{self.end_detail}; {detail}" if self.end_detail else detail
+                self.end_detail = joined[:MAX_DETAIL_CHARS]
         self.state = transition.target
 
     @property
