@@ -5,18 +5,36 @@ from __future__ import annotations
 import binascii
 import json
 import time
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.codecs.g711 import ulaw_to_pcm16
-from gateway.loadtest.capacity import CapacityConfig, format_table, main, run_capacity
+from gateway.loadtest.capacity import (
+    SWEEP_RESOLUTION_CALLS,
+    CapacityConfig,
+    _sweep_levels,
+    build_parser,
+    config_from_args,
+    format_table,
+    main,
+    run_capacity,
+)
 from gateway.loadtest.capacity_callers import tagged_media
+from gateway.loadtest.capacity_report import CapacityReport, LevelResult, PathResult, reply_latencies_ns
 from gateway.loadtest.relay import FILLER_B64, TAG_BYTES, SinkStats, decode_tag, encode_tag
 from gateway.wire.evi_codec import EviCodec
 from gateway.wire.twilio_media import inbound_media_message
 
 _FILLER = binascii.a2b_base64(FILLER_B64)
+_PATH = PathResult(
+    **dict.fromkeys(PathResult.__dataclass_fields__, 0) | {"dial_error": None}  # type: ignore[arg-type]
+)
+_LEVEL = LevelResult(
+    calls=0, relay=_PATH, gateway=_PATH, added_in_p50_ms=None, added_in_p99_ms=None, added_out_p50_ms=None,
+    added_out_p99_ms=None, cpu_ratio=None, ok=True, why="",
+)  # fmt: skip
 
 
 def _audio_input(call_index: int, frame: int, sent_ns: int) -> str:
@@ -98,6 +116,68 @@ async def test_tiny_sweep_accounts_for_every_frame_on_both_paths() -> None:
         assert result["frames_sent"] > 0 and result["frames_lost"] == 0, result
         assert result["frames_received"] == result["frames_sent"], result
         assert result["sequence_gaps"] == 0 and result["heard_s"] > 0, result
-        assert result["p50_ms"] is not None and result["cpu_ms_per_call_s"] > 0, result
+        assert result["in_p50_ms"] is not None and result["cpu_ms_per_call_s"] > 0, result
+        assert result["replies_started"] > 0 and result["replies_unheard"] == 0, result
+        assert result["out_p50_ms"] is not None and result["out_max_ms"] < 1000, result
+        assert result["messages_to_twilio"] > 0 and result["messages_per_speech_s"] > 0, result
+        assert result["rss_mib"] > 10, result
     table = format_table(report)
     assert "relay" in table and "gateway" in table and "limit" in table
+
+
+def test_reply_latency_pairs_each_heard_reply_with_the_start_before_it() -> None:
+    """A heard reply belongs to the latest start before it; a start heard by nobody is returned as missed."""
+    ms = 1_000_000
+    latencies, missed = reply_latencies_ns([1_000 * ms, 4_000 * ms, 7_000 * ms], [1_004 * ms, 7_009 * ms])
+    assert latencies == [4 * ms, 9 * ms]
+    assert missed == [4_000 * ms]
+    # Audio heard before any start, or too long after one, is no reply's.
+    assert reply_latencies_ns([5_000 * ms], [4_000 * ms, 9_000 * ms]) == ([], [5_000 * ms])
+
+
+def test_sink_notes_reply_starts_inside_the_window_only() -> None:
+    """Reply starts are kept per caller index, and only those inside the window."""
+    stats = SinkStats()
+    stats.window(1_000, 2_000)
+    assert stats.audio_input(_audio_input(7, 0, 1_100), received_ns=1_200) == 7
+    stats.reply_started(7, 900)
+    stats.reply_started(7, 1_500)
+    stats.reply_started(0, 1_999)
+    stats.reply_started(7, 2_000)
+    assert stats.report()["reply_starts_ns"] == {"7": [1_500], "0": [1_999]}
+
+
+def test_heavy_shape_and_explicit_options() -> None:
+    """``--shape heavy`` is 1 s replies every 3 s in 3 chunks; explicit options override the shape."""
+    heavy = config_from_args(build_parser().parse_args(["--shape", "heavy", "--sweep"]))
+    assert (heavy.reply_every_s, heavy.reply_s, heavy.reply_chunk_ms, heavy.sweep) == (3.0, 1.0, 334, True)
+    mixed = config_from_args(build_parser().parse_args(["--shape", "heavy", "--chunk-ms", "100"]))
+    assert (mixed.reply_s, mixed.reply_chunk_ms, mixed.sweep) == (1.0, 100, False)
+
+
+class _ThresholdSweep:
+    """Stands in for the process sweep: a level passes below ``limit`` calls."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ran: list[int] = []
+
+    async def level(self, calls: int, attempts: int = 1) -> LevelResult:
+        self.ran.append(calls)
+        return replace(_LEVEL, calls=calls, ok=calls < self.limit, why="" if calls < self.limit else "p99")
+
+
+async def test_sweep_bisects_to_the_largest_passing_level() -> None:
+    """After the first failing level, ``sweep`` halves the interval until it is within the resolution."""
+    config = CapacityConfig(levels=(100, 200, 400), retries=0, sweep=True, budget_s=10_000)
+    fake = _ThresholdSweep(limit=263)
+    report = CapacityReport(config={}, machine={})
+    stopped = await _sweep_levels(config, fake, report, time.monotonic(), lambda text: None)  # type: ignore[arg-type]
+    assert fake.ran[:3] == [100, 200, 400]
+    limit = report.limit()
+    assert limit is not None and 263 - SWEEP_RESOLUTION_CALLS <= limit.calls < 263
+    assert "sweep: passes at" in stopped
+    without = CapacityConfig(levels=(100, 200, 400), retries=0, budget_s=10_000)
+    fake = _ThresholdSweep(limit=263)
+    await _sweep_levels(without, fake, CapacityReport(config={}, machine={}), time.monotonic(), lambda text: None)  # type: ignore[arg-type]
+    assert fake.ran == [100, 200, 400]

@@ -9,13 +9,17 @@ Per call, every 20 ms, a caller sends one Twilio ``media`` frame whose μ-law pa
 call, the frame number and the send time (CLOCK_MONOTONIC, shared by all processes on Linux); the sink
 reads the tag back from the ``audio_input`` it receives. So the inbound latency is caller send → EVI
 receive, through the gateway or the relay, with everything between; frames lost are frames sent in the
-window that never arrived. The sink answers every call with a 24 kHz reply every few seconds, so the
-outbound path is loaded too; callers play what they receive at real time, echo marks, and count underruns
-(a playout gap shorter than 400 ms between two pieces of audio).
+window that never arrived. The sink answers every call with a 24 kHz reply every few seconds (``--shape``:
+``light`` 2 s every 6 s in 200 ms chunks, ``heavy`` 1 s every 3 s in 3 chunks), so the outbound path is
+loaded too, and notes when it sent each reply's first ``audio_output``; the caller notes when it received
+that reply's first audio, which gives the outbound latency. Callers play what they receive at real time,
+echo marks, count the messages they get and count underruns (a playout gap shorter than 400 ms between two
+pieces of audio). The server's RSS is read before dialling and at the window's end.
 
-A level passes when every call connected and stayed up, no frame was lost and the p99 through the gateway
-is under ``--max-p99-ms`` (10 ms); a failing level is run once more (``--retries``) before the sweep stops
-there, or at the time budget. With two CPUs or more, the server under test is pinned to the last CPU and
+A level passes when every call connected and stayed up, no frame was lost, every reply was heard and the
+p99 through the gateway is under ``--max-p99-ms`` (10 ms) each way; a failing level is run once more
+(``--retries``) before the sweep stops there, or at the time budget; ``--sweep`` then bisects between the
+last passing level and the failing one. With two CPUs or more, the server under test is pinned to the last CPU and
 everything else to the others, so "calls per core" means one core; the CPU time used by anything else on
 the machine during each window is reported as noise.
 """
@@ -34,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +46,37 @@ import aiohttp
 
 from gateway.errors import CapacityRunError, ConfigError
 from gateway.loadtest.capacity_callers import run_callers
-from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s, pin_processes
+from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s, pin_processes, rss_bytes
+from gateway.loadtest.capacity_report import (
+    CapacityReport,
+    LevelResult,
+    PathResult,
+    format_table,
+    level_lines,
+    percentile_ms,
+    reply_latencies_ns,
+)
 from gateway.loadtest.relay import LATENCY_BIN_NS, answer, command_lines, run_relay, run_sink
 from gateway.simulator.loopback import free_port
 
-__all__ = ["CapacityConfig", "CapacityReport", "LevelResult", "PathResult", "format_table", "main", "run_capacity"]
+__all__ = [
+    "SHAPES",
+    "CapacityConfig",
+    "CapacityReport",
+    "LevelResult",
+    "PathResult",
+    "format_table",
+    "main",
+    "run_capacity",
+]
 
-GOAL_CPU_RATIO = 1.5
-GOAL_CALLS_PER_CORE = 200
 DEFAULT_LEVELS = (25, 50, 100, 150, 200, 250, 300, 400, 500)
 QUICK_LEVELS = (50, 150, 200, 250)
 _TOKEN_ENV = "CAPACITY_AUTH_TOKEN"
 _NS = 1_000_000_000
-_NOISY_SHARE = 0.1
+SHAPES = {"light": (6.0, 2.0, 200), "heavy": (3.0, 1.0, 334)}
+"""Reply shapes: (one reply every s, reply s, audio_output chunk ms). ``heavy``: 1 s in 3 chunks every 3 s."""
+SWEEP_RESOLUTION_CALLS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +96,7 @@ class CapacityConfig:
     reply_chunk_ms: int = 200
     retries: int = 1
     pin: bool = True
+    sweep: bool = False
     profile_out: Path | None = None
 
     def __post_init__(self) -> None:
@@ -94,94 +117,7 @@ class CapacityConfig:
         return 0.5 + calls / self.dial_rate_per_s + self.settle_s + self.window_s + 2.5
 
 
-@dataclass(frozen=True, slots=True)
-class PathResult:
-    """One path (gateway or relay) at one level. Latencies are caller send → sink receive."""
-
-    calls: int
-    connected: int
-    closed_early: int
-    frames_sent: int
-    frames_received: int
-    frames_lost: int
-    p50_ms: float | None
-    p99_ms: float | None
-    max_ms: float | None
-    cpu_ms_per_call_s: float
-    calls_per_core: float | None
-    server_core_share: float
-    callers_core_share: float
-    sinks_core_share: float
-    others_core_share: float
-    """CPU used on this machine by anything but the benchmark during the window: noise when not ~0."""
-    underruns: int
-    underrun_ms: float
-    heard_s: float
-    sequence_gaps: int
-    caller_max_lag_ms: float
-    dial_errors: int
-    dial_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LevelResult:
-    """Both paths at one level, and the verdict on the gateway."""
-
-    calls: int
-    relay: PathResult
-    gateway: PathResult
-    added_p50_ms: float | None
-    added_p99_ms: float | None
-    cpu_ratio: float | None
-    ok: bool
-    why: str
-    attempts: int = 1
-
-
-@dataclass
-class CapacityReport:
-    """The whole sweep."""
-
-    config: dict[str, Any]
-    machine: dict[str, Any]
-    levels: list[LevelResult] = field(default_factory=list)
-    stopped: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able, with the verdict."""
-        passing = [lvl for lvl in self.levels if lvl.ok]
-        best = passing[-1] if passing else None
-        per_core = best.gateway.calls_per_core if best else None
-        ratio = best.cpu_ratio if best else None
-        return {
-            "config": self.config,
-            "machine": self.machine,
-            "levels": [asdict(lvl) for lvl in self.levels],
-            "stopped": self.stopped,
-            "limit_calls": best.calls if best else None,
-            "calls_per_core": per_core,
-            "cpu_ratio_at_limit": ratio,
-            "goal": {
-                "cpu_ratio_max": GOAL_CPU_RATIO,
-                "calls_per_core_min": GOAL_CALLS_PER_CORE,
-                "met": bool(per_core and ratio and per_core >= GOAL_CALLS_PER_CORE and ratio <= GOAL_CPU_RATIO),
-            },
-        }
-
-
 # ----------------------------------------------------------------------------------------- the sweep
-
-
-def _percentile_ms(histogram: dict[int, int], fraction: float) -> float | None:
-    total = sum(histogram.values())
-    if not total:
-        return None
-    rank, seen = fraction * (total - 1), 0
-    for bin_index in sorted(histogram):
-        seen += histogram[bin_index]
-        if seen > rank:
-            return (bin_index + 0.5) * LATENCY_BIN_NS / 1e6
-    return None  # unreachable: seen reaches total
 
 
 class _Sweep:
@@ -193,24 +129,38 @@ class _Sweep:
     async def level(self, calls: int, attempts: int = 1) -> LevelResult:
         relay = await self.path("relay", calls)
         gateway = await self.path("gateway", calls)
-        added_p50 = _minus(gateway.p50_ms, relay.p50_ms)
-        added_p99 = _minus(gateway.p99_ms, relay.p99_ms)
         ratio = gateway.cpu_ms_per_call_s / relay.cpu_ms_per_call_s if relay.cpu_ms_per_call_s > 0 else None
+        limit_ms = self.config.max_p99_ms
         problems = []
         if gateway.connected < calls or gateway.closed_early:
             problems.append(f"{calls - gateway.connected} calls not connected, {gateway.closed_early} dropped")
         if gateway.frames_lost:
             problems.append(f"{gateway.frames_lost} frames lost")
-        if gateway.p99_ms is None or gateway.p99_ms >= self.config.max_p99_ms:
-            problems.append(f"p99 {gateway.p99_ms} ms >= {self.config.max_p99_ms:g} ms")
+        if gateway.in_p99_ms is None or gateway.in_p99_ms >= limit_ms:
+            problems.append(f"in p99 {_f(gateway.in_p99_ms)} ms >= {limit_ms:g} ms")
+        if gateway.out_p99_ms is not None and gateway.out_p99_ms >= limit_ms:
+            problems.append(f"out p99 {_f(gateway.out_p99_ms)} ms >= {limit_ms:g} ms")
+        if gateway.replies_unheard:
+            problems.append(f"{gateway.replies_unheard} replies not heard")
         return LevelResult(
-            calls, relay, gateway, added_p50, added_p99, ratio, not problems, "; ".join(problems), attempts
+            calls=calls,
+            relay=relay,
+            gateway=gateway,
+            added_in_p50_ms=_minus(gateway.in_p50_ms, relay.in_p50_ms),
+            added_in_p99_ms=_minus(gateway.in_p99_ms, relay.in_p99_ms),
+            added_out_p50_ms=_minus(gateway.out_p50_ms, relay.out_p50_ms),
+            added_out_p99_ms=_minus(gateway.out_p99_ms, relay.out_p99_ms),
+            cpu_ratio=ratio,
+            ok=not problems,
+            why="; ".join(problems),
+            attempts=attempts,
         )
 
     async def path(self, path: str, calls: int) -> PathResult:
         cfg = self.config
         server = self.children[path][0]
         callers, sinks = self.children["callers"], self.children["sinks"]
+        rss_idle = rss_bytes(server.proc.pid)
         now_ns = time.monotonic_ns()
         dial_start_ns = now_ns + _NS // 2
         ramp_ns = int(calls / cfg.dial_rate_per_s * _NS)
@@ -232,6 +182,7 @@ class _Sweep:
         await asyncio.sleep(max(0.0, (window_end_ns - time.monotonic_ns()) / _NS))
         cpu_used = [cpu_s(pid) - before for pid, before in zip(pids, cpu0, strict=True)]
         others_s = max(0.0, machine_busy_s() - busy0 - sum(cpu_used))
+        rss_window = rss_bytes(server.proc.pid)
         parts = [await caller.read(timeout_s=60 + calls / 10) for caller in callers]
         sent = sum(p["frames_sent"] for p in parts)
         reports = await self._sink_reports(sent)
@@ -240,28 +191,39 @@ class _Sweep:
         for report in reports:
             for key, count in report["histogram"].items():
                 histogram[int(key)] = histogram.get(int(key), 0) + count
-        received = sum(r["received"] for r in reports)
+        out_histogram, replies_started, replies_unheard = _reply_histogram(reports, parts, window_end_ns)
         call_s = sum(p["call_s_window"] for p in parts)
         cpu_ms = cpu_used[0] * 1000 / call_s if call_s else 0.0
+        heard_s = sum(p["heard_s"] for p in parts)
+        messages = sum(p["messages"] for p in parts)
         return PathResult(
             calls=calls,
             connected=sum(p["connected"] for p in parts),
             closed_early=sum(p["closed_early"] for p in parts),
             frames_sent=sent,
-            frames_received=received,
-            frames_lost=max(0, sent - received),
-            p50_ms=_percentile_ms(histogram, 0.50),
-            p99_ms=_percentile_ms(histogram, 0.99),
-            max_ms=(max(histogram) + 1) * LATENCY_BIN_NS / 1e6 if histogram else None,
+            frames_received=sum(r["received"] for r in reports),
+            frames_lost=max(0, sent - sum(r["received"] for r in reports)),
+            in_p50_ms=percentile_ms(histogram, 0.50),
+            in_p99_ms=percentile_ms(histogram, 0.99),
+            in_max_ms=(max(histogram) + 1) * LATENCY_BIN_NS / 1e6 if histogram else None,
+            out_p50_ms=percentile_ms(out_histogram, 0.50),
+            out_p99_ms=percentile_ms(out_histogram, 0.99),
+            out_max_ms=(max(out_histogram) + 1) * LATENCY_BIN_NS / 1e6 if out_histogram else None,
+            replies_started=replies_started,
+            replies_unheard=replies_unheard,
             cpu_ms_per_call_s=cpu_ms,
             calls_per_core=1000 / cpu_ms if cpu_ms else None,
+            messages_to_twilio=messages,
+            messages_per_speech_s=messages / heard_s if heard_s else None,
+            rss_mib=rss_window / 2**20,
+            rss_kib_per_call=max(0, rss_window - rss_idle) / 1024 / calls,
             server_core_share=cpu_used[0] / cfg.window_s,
             callers_core_share=sum(cpu_used[1 : 1 + len(callers)]) / cfg.window_s,
             sinks_core_share=sum(cpu_used[1 + len(callers) : -1]) / cfg.window_s,
             others_core_share=others_s / cfg.window_s,
             underruns=sum(p["underruns"] for p in parts),
             underrun_ms=sum(p["underrun_ms"] for p in parts),
-            heard_s=sum(p["heard_s"] for p in parts),
+            heard_s=heard_s,
             sequence_gaps=sum(r["gaps"] for r in reports),
             caller_max_lag_ms=max(p["max_lag_ms"] for p in parts),
             dial_errors=sum(p["dial_errors"] for p in parts),
@@ -291,6 +253,34 @@ class _Sweep:
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _reply_histogram(
+    sinks: list[dict[str, Any]], callers: list[dict[str, Any]], window_end_ns: int
+) -> tuple[dict[int, int], int, int]:
+    """EVI→caller latency of every reply begun in the window, binned like the inbound one; (histogram,
+    replies begun, replies begun at least 1 s before the window's end that the caller never heard)."""
+    started: dict[str, list[int]] = {}
+    for report in sinks:
+        for index, times in report["reply_starts_ns"].items():
+            started.setdefault(index, []).extend(times)
+    heard: dict[str, list[int]] = {}
+    for part in callers:
+        for index, times in part["reply_heard_ns"].items():
+            heard.setdefault(index, []).extend(times)
+    histogram: dict[int, int] = {}
+    total = unheard = 0
+    for index, starts in started.items():
+        latencies, missed = reply_latencies_ns(starts, heard.get(index, []))
+        total += len(starts)
+        unheard += sum(1 for at in missed if at < window_end_ns - _NS)  # later ones may be heard after the window
+        for latency in latencies:
+            histogram[latency // LATENCY_BIN_NS] = histogram.get(latency // LATENCY_BIN_NS, 0) + 1
+    return histogram, total, unheard
 
 
 async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] | None = None) -> CapacityReport:
@@ -342,88 +332,46 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
 async def _sweep_levels(
     config: CapacityConfig, sweep: _Sweep, report: CapacityReport, t0: float, say: Callable[[str], None]
 ) -> str:
-    """Run the levels in order; a failing level is run again up to ``retries`` times (noisy machines)."""
+    """Run the levels in order until one fails; a failing level is run again up to ``retries`` times (noisy
+    machines). With ``config.sweep``, then bisect between the last passing level and the failing one."""
+    passed = 0
+    failed: int | None = None
+    stopped = "all levels passed"
     for calls in config.levels:
-        level: LevelResult | None = None
-        for attempt in range(1, config.retries + 2):
-            if time.monotonic() - t0 + 2 * config.run_s(calls) > config.budget_s:
-                break
-            say(f"{calls} calls{f' (attempt {attempt})' if attempt > 1 else ''} …")
-            level = await sweep.level(calls, attempt)
-            say(_level_lines(level))
-            if level.ok:
-                break
+        level = await _run_level(config, sweep, calls, t0, say)
         if level is None:
             return f"time budget: {calls} calls would end after {config.budget_s:g} s"
         report.levels.append(level)
         if not level.ok:
-            return f"{calls} calls failed: {level.why}"
-    return "all levels passed"
+            failed, stopped = calls, f"{calls} calls failed: {level.why}"
+            break
+        passed = calls
+    while config.sweep and failed is not None and failed - passed > SWEEP_RESOLUTION_CALLS:
+        calls = (passed + failed) // 2
+        level = await _run_level(config, sweep, calls, t0, say)
+        if level is None:
+            return f"{stopped}; sweep stopped by the time budget between {passed} and {failed} calls"
+        report.levels.append(level)
+        passed, failed = (calls, failed) if level.ok else (passed, calls)
+    if config.sweep and failed is not None:
+        stopped += f"; sweep: passes at {passed}, fails at {failed} calls"
+    return stopped
 
 
-# ----------------------------------------------------------------------------------------- the report
-
-_HEADER = (
-    f"{'calls':>5}  {'path':<8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'lost/sent':<14}"
-    f"{'cpu ms/call·s':>14}{'calls/core':>11}{'core':>7}{'load-gen':>9}{'other':>7}{'underruns':>10}"
-)
-
-
-def _f(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _path_line(name: str, r: PathResult) -> str:
-    return (
-        f"{r.calls:>5}  {name:<8}{_f(r.p50_ms):>8}{_f(r.p99_ms):>8}{_f(r.max_ms, 1):>8}  "
-        f"{f'{r.frames_lost}/{r.frames_sent}':<14}{_f(r.cpu_ms_per_call_s, 3):>14}{_f(r.calls_per_core, 0):>11}"
-        f"{r.server_core_share:>6.0%} {r.callers_core_share + r.sinks_core_share:>8.0%}"
-        f"{r.others_core_share:>7.0%}{r.underruns:>10}"
-    )
-
-
-def _level_lines(level: LevelResult) -> str:
-    verdict = ("ok" if level.ok else f"FAIL: {level.why}") + (
-        f" (attempt {level.attempts})" if level.attempts > 1 else ""
-    )
-    added = f"p50 {_f(level.added_p50_ms)} ms, p99 {_f(level.added_p99_ms)} ms"
-    return (
-        f"{_path_line('relay', level.relay)}\n{_path_line('gateway', level.gateway)}\n"
-        f"{'':>7}gateway − relay: {added}; CPU × {_f(level.cpu_ratio)}   {verdict}"
-    )
-
-
-def format_table(report: CapacityReport) -> str:
-    """The sweep as a plain-text table with the verdict."""
-    c = report.config
-    data = report.as_dict()
-    lines = [
-        f"gateway bench capacity: {report.machine['cpus']} CPUs, Python {report.machine['python']}; "
-        f"{c['window_s']:g} s window per run, a {c['reply_s']:g} s reply every {c['reply_every_s']:g} s per call",
-        "latency: caller send → EVI-side receive; core: the server's share of one CPU; load-gen: callers + sink; "
-        "other: CPU used by anything else on the machine (noise)",
-        f"pinning: {report.machine.get('pinning', 'off')}",
-        _HEADER,
-        *(_level_lines(level) for level in report.levels),
-        f"stopped: {report.stopped}",
-    ]
-    noise = max((lvl.relay.others_core_share for lvl in report.levels), default=0.0)
-    noise = max([noise, *(lvl.gateway.others_core_share for lvl in report.levels)])
-    if noise > _NOISY_SHARE:
-        lines.append(
-            f"warning: other processes used up to {noise:.0%} of a CPU during a window: "
-            "latency and CPU figures are noisy"
-        )
-    if data["limit_calls"] is None:
-        lines.append(f"limit: no level passed (p99 < {c['max_p99_ms']:g} ms, 0 frames lost)")
-    else:
-        lines.append(
-            f"limit: {data['limit_calls']} calls with p99 < {c['max_p99_ms']:g} ms and 0 frames lost; there the "
-            f"gateway's CPU per call-second allows {_f(data['calls_per_core'], 0)} calls per core and is "
-            f"{_f(data['cpu_ratio_at_limit'])} × the floor relay's (goal ≤ {GOAL_CPU_RATIO:g} ×, "
-            f"≥ {GOAL_CALLS_PER_CORE} calls/core: {'met' if data['goal']['met'] else 'not met'})"
-        )
-    return "\n".join(lines) + "\n"
+async def _run_level(
+    config: CapacityConfig, sweep: _Sweep, calls: int, t0: float, say: Callable[[str], None]
+) -> LevelResult | None:
+    """One level, retried while it fails; None when the time budget does not allow it."""
+    level: LevelResult | None = None
+    for attempt in range(1, config.retries + 2):
+        if time.monotonic() - t0 + 2 * config.run_s(calls) > config.budget_s:
+            break
+        say(f"{calls} calls{f' (attempt {attempt})' if attempt > 1 else ''} …")
+        level = await sweep.level(calls, attempt)
+        say(level_lines(level))
+        if level.ok:
+            break
+    return level
 
 
 # ------------------------------------------------------------------------------------ command lines
@@ -454,8 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-p99-ms", type=float, default=10.0, help="p99 limit through the gateway (default 10)")
     p.add_argument("--caller-procs", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--sink-procs", type=int, default=1, help="EVI-side sink processes (default 1)")
-    p.add_argument("--reply-every-s", type=float, default=6.0, help="one reply per call this often (default 6)")
-    p.add_argument("--reply-s", type=float, default=2.0, help="length of each reply (default 2)")
+    p.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="light",
+        help="replies: light = 2 s every 6 s in 200 ms chunks (default); heavy = 1 s every 3 s in 3 chunks",
+    )
+    p.add_argument("--reply-every-s", type=float, help="one reply per call this often (overrides --shape)")
+    p.add_argument("--reply-s", type=float, help="length of each reply (overrides --shape)")
+    p.add_argument("--chunk-ms", type=int, help="audio_output chunk length (overrides --shape)")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"after the first failing level, bisect to the largest passing one (within {SWEEP_RESOLUTION_CALLS})",
+    )
     p.add_argument("--retries", type=int, default=1, help="run a failing level again this often (default 1)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server under test to its own CPU")
     p.add_argument("--json-out", type=Path, help="write the full results as JSON here")
@@ -464,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> CapacityConfig:
-    """Defaults, ``--quick`` presets, then explicit options."""
+    """Defaults, ``--quick`` and ``--shape`` presets, then explicit options."""
     quick = args.quick
+    every_s, reply_s, chunk_ms = SHAPES[args.shape]
     return CapacityConfig(
         levels=args.levels or (QUICK_LEVELS if quick else DEFAULT_LEVELS),
         window_s=args.window_s or (6.0 if quick else 20.0),
@@ -474,10 +435,12 @@ def config_from_args(args: argparse.Namespace) -> CapacityConfig:
         max_p99_ms=args.max_p99_ms,
         caller_procs=args.caller_procs,
         sink_procs=args.sink_procs,
-        reply_every_s=args.reply_every_s,
-        reply_s=args.reply_s,
+        reply_every_s=args.reply_every_s or every_s,
+        reply_s=args.reply_s or reply_s,
+        reply_chunk_ms=args.chunk_ms or chunk_ms,
         retries=args.retries,
         pin=not args.no_pin,
+        sweep=args.sweep,
         profile_out=args.profile_gateway,
     )
 

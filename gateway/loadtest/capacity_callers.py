@@ -42,11 +42,21 @@ def tagged_media(stream_sid: str, sequence: int, frame: int, call_index: int, se
     )
 
 
-class _Call:
-    """One emulated Twilio call: sends tagged frames, plays what it hears at real time, echoes marks."""
+REPLY_GAP_NS = 500_000_000
+"""Media after this long without any starts a new reply (the sink's replies are seconds apart)."""
 
-    def __init__(self, index: int, ws: aiohttp.ClientWebSocketResponse, stream_sid: str) -> None:
-        self.index, self.ws, self.stream_sid = index, ws, stream_sid
+
+class _Call:
+    """One emulated Twilio call: sends tagged frames, plays what it hears at real time, echoes marks; counts the
+    messages it receives and when each reply's first audio arrived, inside the window."""
+
+    def __init__(
+        self, index: int, ws: aiohttp.ClientWebSocketResponse, stream_sid: str, window_ns: tuple[int, int]
+    ) -> None:
+        self.index, self.ws, self.stream_sid, self.window_ns = index, ws, stream_sid, window_ns
+        self.messages_window = 0
+        self.reply_heard_ns: list[int] = []
+        self._last_media_ns = 0
         self.sequence = 1
         self.frame = 0
         self.connected_ns = time.monotonic_ns()
@@ -66,9 +76,15 @@ class _Call:
         return True
 
     async def on_text(self, text: str) -> None:
+        received_ns = time.monotonic_ns()
         msg = json.loads(text)
         event = msg.get("event")
+        in_window = self.window_ns[0] <= received_ns < self.window_ns[1]
+        self.messages_window += in_window
         if event == "media":
+            if in_window and received_ns - self._last_media_ns > REPLY_GAP_NS:
+                self.reply_heard_ns.append(received_ns)
+            self._last_media_ns = received_ns
             self.playback.media(binascii.a2b_base64(msg["media"]["payload"]))
         elif event == "mark":
             await self._echo(self.playback.mark(msg["mark"]["name"]))
@@ -143,7 +159,7 @@ class _CallerRun:
         except DialError as exc:
             self.dial_errors.append(str(exc))
             return
-        call = _Call(index, ws, stream_sid)
+        call = _Call(index, ws, stream_sid, self.window)
         await ws.send_str(connected_message())  # twilio-media-streams.md §1.1: the one without a sequence number
         start = start_message(
             sequence_number=1, stream_sid=stream_sid, account_sid=account_sid, call_sid=call_sid,
@@ -214,6 +230,8 @@ class _CallerRun:
             "underruns": sum(c.underruns for c in calls),
             "underrun_ms": sum(c.underrun_ms for c in calls),
             "heard_s": sum(c.heard_bytes_window for c in calls) / 8000,
+            "messages": sum(c.messages_window for c in calls),
+            "reply_heard_ns": {str(c.index): c.reply_heard_ns for c in calls if c.reply_heard_ns},
             "max_lag_ms": self.max_lag_s * 1000,
             "dial_errors": len(self.dial_errors),
             "dial_error": self.dial_errors[0] if self.dial_errors else None,

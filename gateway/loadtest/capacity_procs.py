@@ -24,6 +24,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (``VmRSS`` of ``/proc/<pid>/status``)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            line = next(line for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration) as exc:
+        raise CapacityRunError(f"cannot read the memory of process {pid} (needs Linux /proc): {exc!r}") from None
+    return int(line.split()[1]) * 1024
+
+
 def machine_busy_s() -> float:
     """CPU seconds every CPU of the machine spent not idle, from ``/proc/stat``."""
     with open("/proc/stat", encoding="ascii") as f:

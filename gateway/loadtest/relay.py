@@ -126,7 +126,8 @@ LATENCY_BIN_NS = 10_000
 
 
 class SinkStats:
-    """Caller frames received, counted for those sent inside the window, with a 10 µs latency histogram."""
+    """Caller frames received, counted for those sent inside the window, with a 10 µs latency histogram; and
+    when each reply to a call began (its first ``audio_output`` sent), for the latency towards the caller."""
 
     def __init__(self) -> None:
         self.window(0, 0)
@@ -140,35 +141,44 @@ class SinkStats:
         self.gaps = 0
         self.repeats = 0
         self.histogram: Counter[int] = Counter()
+        self.reply_starts_ns: dict[int, list[int]] = {}
         self._last_frame: dict[int, int] = {}
 
-    def audio_input(self, text: str, received_ns: int) -> None:
-        """Account for one ``audio_input`` frame (one or more tagged 20 ms blocks)."""
+    def audio_input(self, text: str, received_ns: int) -> int | None:
+        """Account for one ``audio_input`` frame (one or more tagged 20 ms blocks); the caller's index, if tagged."""
         data = text[len(AUDIO_INPUT_PREFIX) : -2]
         if len(data) == _FRAME_PCM_B64_CHARS:
-            self._block(binascii.a2b_base64(data[:_B64_PCM_TAG_CHARS]), received_ns)
-            return
+            return self._block(binascii.a2b_base64(data[:_B64_PCM_TAG_CHARS]), received_ns)
         pcm = binascii.a2b_base64(data)
+        call_index = None
         for offset in range(0, len(pcm) - _PCM_TAG_BYTES + 1, _FRAME_PCM_BYTES):
-            self._block(pcm[offset : offset + _PCM_TAG_BYTES], received_ns)
+            if (block_index := self._block(pcm[offset : offset + _PCM_TAG_BYTES], received_ns)) is not None:
+                call_index = block_index
+        return call_index
 
-    def _block(self, pcm16: bytes, received_ns: int) -> None:
+    def reply_started(self, call_index: int, sent_ns: int) -> None:
+        """The first ``audio_output`` of a reply to caller ``call_index`` was sent at ``sent_ns``."""
+        if self.start_ns <= sent_ns < self.end_ns:
+            self.reply_starts_ns.setdefault(call_index, []).append(sent_ns)
+
+    def _block(self, pcm16: bytes, received_ns: int) -> int | None:
         tag = decode_tag(pcm16)
         if tag is None:
             self.untagged += 1
-            return
+            return None
         call_index, frame, sent_ns = tag
         last = self._last_frame.get(call_index)
         if last is not None:
             if frame <= last:
                 self.repeats += 1
-                return
+                return call_index
             self.gaps += frame - last - 1
         self.received_total += 1
         self._last_frame[call_index] = frame
         if self.start_ns <= sent_ns < self.end_ns:
             self.received += 1
             self.histogram[max(0, received_ns - sent_ns) // LATENCY_BIN_NS] += 1
+        return call_index
 
     def report(self) -> dict[str, Any]:
         """The counts, as JSON-able values."""
@@ -179,6 +189,7 @@ class SinkStats:
             "gaps": self.gaps,
             "repeats": self.repeats,
             "histogram": {str(k): v for k, v in self.histogram.items()},
+            "reply_starts_ns": {str(k): v for k, v in self.reply_starts_ns.items()},
         }
 
 
@@ -205,7 +216,7 @@ async def run_sink(port: int, *, reply_every_s: float, reply_s: float, chunk_ms:
     n_chunks = max(1, round(reply_s * 1000 / chunk_ms))
     sessions = [0, 0]  # opened, open now
 
-    async def talk(ws: ServerConnection, index: int) -> None:
+    async def talk(ws: ServerConnection, index: int, caller: list[int]) -> None:
         loop = asyncio.get_running_loop()
         next_s = loop.time() + random.Random(f"{os.getpid()}:{index}").uniform(0.5, 0.5 + reply_every_s)
         reply = 0
@@ -218,6 +229,8 @@ async def run_sink(port: int, *, reply_every_s: float, reply_s: float, chunk_ms:
             for k in range(n_chunks):
                 # evi-protocol.md §4.2: audio arrives at least as fast as real time; one chunk ahead here.
                 await asyncio.sleep(max(0.0, t0 + max(0, k - 1) * chunk_ms / 1000 - loop.time()))
+                if k == 0 and caller:
+                    stats.reply_started(caller[0], time.monotonic_ns())
                 await ws.send(head + f'{k},"data":"'.encode() + chunk_tail, text=True)
             await ws.send(assistant_end, text=True)
             reply += 1
@@ -229,12 +242,15 @@ async def run_sink(port: int, *, reply_every_s: float, reply_s: float, chunk_ms:
         index = sessions[0]
         meta = evi.ChatMetadata(chat_id=f"chat-{index}", chat_group_id=f"group-{index}", request_id=str(index))
         talker: asyncio.Task[None] | None = None
+        caller: list[int] = []  # the caller's index, once its first tagged frame arrived
         try:
             await ws.send(meta.to_json())
-            talker = asyncio.create_task(talk(ws, index))
+            talker = asyncio.create_task(talk(ws, index, caller))
             async for text in ws:
                 if isinstance(text, str) and text.startswith(AUDIO_INPUT_PREFIX):
-                    stats.audio_input(text, time.monotonic_ns())
+                    call_index = stats.audio_input(text, time.monotonic_ns())
+                    if call_index is not None and not caller:
+                        caller.append(call_index)
         except websockets.ConnectionClosed:
             pass
         finally:
