@@ -131,7 +131,11 @@ class Call(CallMachine):
             return self._handle(Input.TWILIO_IGNORED, now)
         verdict = self._watch.media(len(message.payload) / ULAW_BYTES_PER_MS, now)
         if verdict == "accept":
-            return self._handle(Input.MEDIA, now, lambda: self._caller_audio(message))
+            # _handle(Input.MEDIA, …) without building a closure per frame: decide first, then do the work.
+            transition = self._life.decide(Input.MEDIA)
+            if transition is None:
+                return self._refused(Input.MEDIA, now)
+            return self._move(transition, now, self._caller_audio(message))
         # docs/operations.md §4: caller audio beyond real time plus a burst is refused; past the limit the call ends.
         self._count("caller_frames_over_budget")
         if verdict == "refuse":

@@ -51,6 +51,15 @@ class InboundVerdict:
     reason: InboundReason
 
 
+# The verdicts without a fill, built once: judging a frame (50 a second per call) allocates nothing.
+_CONTINUOUS = InboundVerdict("forward", 0, "continuous")
+_FIRST = InboundVerdict("forward", 0, "first")
+_RESYNC = InboundVerdict("forward", 0, "resync")
+_EMPTY = InboundVerdict("drop", 0, "empty")
+_DUPLICATE = InboundVerdict("drop", 0, "duplicate")
+_STALE = InboundVerdict("drop", 0, "stale")
+
+
 @dataclass(frozen=True, slots=True)
 class InboundStats:
     """Counters of the caller's stream since the call began."""
@@ -104,14 +113,14 @@ class InboundStream:
             raise CallStateError(f"n_bytes of a caller frame must be >= 0, got {n_bytes}")
         if n_bytes == 0:
             self._empty += 1
-            return InboundVerdict("drop", 0, "empty")
+            return _EMPTY
         timestamp_samples = timestamp_ms * ULAW_BYTES_PER_MS
         if self._last_timestamp_ms is None:
             self._take(timestamp_ms, chunk, n_bytes, fill_ms=0)
-            return InboundVerdict("forward", 0, "first")
+            return _FIRST
         if timestamp_ms == self._last_timestamp_ms or chunk == self._last_chunk:
             self._duplicate += 1
-            return InboundVerdict("drop", 0, "duplicate")
+            return _DUPLICATE
         gap_samples = timestamp_samples - self._expected_next_samples
         if gap_samples > self._tolerance_samples:
             # §1.3, warning 31930: Twilio discarded audio; keep the caller's timeline by filling silence.
@@ -126,13 +135,13 @@ class InboundStream:
             self._stale_run += 1
             if self._stale_run < self._params.resync_after_stale_frames:
                 self._stale += 1
-                return InboundVerdict("drop", 0, "stale")
+                return _STALE
             # A peer whose clock jumped backwards for good: follow its new timeline rather than drop forever.
             self._resyncs += 1
             self._take(timestamp_ms, chunk, n_bytes, fill_ms=0)
-            return InboundVerdict("forward", 0, "resync")
+            return _RESYNC
         self._take(timestamp_ms, chunk, n_bytes, fill_ms=0)
-        return InboundVerdict("forward", 0, "continuous")
+        return _CONTINUOUS
 
     def statistics(self) -> InboundStats:
         """A snapshot of the counters."""
