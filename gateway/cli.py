@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -45,10 +44,15 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"gateway serve: {exc}", file=sys.stderr)
             return 2
-    from gateway.adapters.serving import serve
+    from gateway.adapters.serving import loop_factory, run, serve
 
+    try:
+        loop_factory(settings.event_loop)  # a loop that is not installed stops the server before anything starts
+    except ConfigError as exc:
+        print(f"gateway serve: {exc}", file=sys.stderr)
+        return 2
     app = make_app(settings) if args.evi == "hume" else _app_with_simulator(settings, cheap=args.evi_cheap)
-    return asyncio.run(serve(app, settings.host, settings.port))
+    return run(serve(app, settings.host, settings.port), settings.event_loop)
 
 
 async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Application:

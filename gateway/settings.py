@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="public base URL Twilio reaches, e.g. https://voice.example.com (http→ws, https→wss)"
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="event loop of `gateway serve`: auto = uvloop when installed (the `fast` extra)"
+    )
     # Upstream (EVI).
     evi_url: str = Field("wss://api.hume.ai/v0/evi/chat", description="EVI chat WebSocket URL")
     hume_api_key: SecretStr | None = Field(

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.adapters.serving import loop_factory
 from gateway.cli import main
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.demo import logs_to
@@ -38,6 +39,18 @@ def test_a_bad_numbers_file_stops_serve_before_it_listens(
     assert str(bad) in err and "[numbers.'+15550001111']: unknown key 'config_idd'" in err
 
 
+def test_an_event_loop_that_is_not_installed_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GATEWAY_EVENT_LOOP=uvloop without uvloop installed exits 2 naming the missing extra; auto falls back."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    monkeypatch.setenv("GATEWAY_EVENT_LOOP", "uvloop")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
+    assert main(["serve", "--port", str(free_port())]) == 2
+    assert "uvloop is not installed (the `fast` extra)" in capsys.readouterr().err
+    assert loop_factory("auto") == (None, "asyncio")
+
+
 def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """An option a subcommand does not take is an error, not silently ignored."""
     with pytest.raises(SystemExit) as info:
@@ -45,17 +58,27 @@ def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None
     assert info.value.code == 2 and "--colour" in capsys.readouterr().err
 
 
-async def test_serve_with_the_built_in_agent_answers_a_signed_call() -> None:
-    """`gateway serve --evi simulator` in its own process answers a signed call with the agent's greeting."""
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_serve_with_the_built_in_agent_answers_a_signed_call(event_loop: str) -> None:
+    """`gateway serve --evi simulator` in its own process, on the event loop GATEWAY_EVENT_LOOP names, says
+    which loop it runs and answers a signed call with the agent's greeting."""
     port = free_port()
-    env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    env = {
+        **os.environ,
+        "TWILIO_AUTH_TOKEN": "cli-token",
+        "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "GATEWAY_EVENT_LOOP": event_loop,
+    }
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
         env=env,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
+        assert proc.stdout is not None
+        listening = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert f"(event loop: {event_loop})".encode() in listening, listening
         async with aiohttp.ClientSession() as http:
             for _ in range(100):
                 try:

@@ -15,13 +15,45 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from gateway.adapters.app import STATE, GatewayState
 from gateway.errors import ConfigError
 from gateway.numbers import load_numbers
+
+T = TypeVar("T")
+
+
+def loop_factory(event_loop: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The event loop ``event_loop`` names ("auto", "asyncio" or "uvloop"), and what was chosen.
+
+    ``auto`` takes uvloop when it is installed (``pip install evi-phone-gateway[fast]``), else asyncio's own;
+    ``uvloop`` without it installed is a ConfigError.
+    """
+    if event_loop == "asyncio":
+        return None, "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if event_loop == "uvloop":
+            raise ConfigError("event_loop = uvloop, but uvloop is not installed (the `fast` extra)") from None
+        return None, "asyncio"
+    return uvloop.new_event_loop, "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
+    """``asyncio.run(main)`` on the event loop ``event_loop`` names (see :func:`loop_factory`)."""
+    try:
+        factory, _name = loop_factory(event_loop)
+    except ConfigError:
+        main.close()  # never started: no "never awaited" warning
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
 
 log = logging.getLogger("gateway.serve")
 
@@ -78,8 +110,9 @@ async def serve(app: web.Application | Awaitable[web.Application], host: str, po
     site = web.TCPSite(runner, host, port)
     await site.start()
     addresses = ", ".join(f"http://{address[0]}:{address[1]}" for address in runner.addresses)
-    print(f"gateway listening on {addresses}", flush=True)
     loop = asyncio.get_running_loop()
+    loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    print(f"gateway listening on {addresses} (event loop: {loop_name})", flush=True)
     stop = asyncio.Event()
     tasks: set[asyncio.Task[object]] = set()
 

@@ -98,6 +98,8 @@ class CapacityConfig:
     pin: bool = True
     sweep: bool = False
     profile_out: Path | None = None
+    event_loop: str = "asyncio"
+    """The event loop of both servers under test (the gateway and the floor relay): asyncio or uvloop."""
 
     def __post_init__(self) -> None:
         if not self.levels or any(n < 1 or n > 0xFFFF for n in self.levels):
@@ -308,8 +310,9 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
             started += sinks
             sink_url = f"ws://127.0.0.1:{sink_port}/v0/evi/chat"
             profile = ["--profile-out", str(config.profile_out)] if config.profile_out else []
-            gateway = await Child.start("gateway", ["gateway", "--sink-url", sink_url, *profile, *life], log_dir, env)
-            relay = await Child.start("relay", ["relay", "--sink-url", sink_url, *life], log_dir, env)
+            server = ["--sink-url", sink_url, "--event-loop", config.event_loop, *life]
+            gateway = await Child.start("gateway", ["gateway", *server, *profile], log_dir, env)
+            relay = await Child.start("relay", ["relay", *server], log_dir, env)
             callers = [
                 await Child.start(f"callers{i}", ["callers", *life], log_dir, env) for i in range(config.caller_procs)
             ]
@@ -420,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin", action="store_true", help="do not pin the server under test to its own CPU")
     p.add_argument("--json-out", type=Path, help="write the full results as JSON here")
     p.add_argument("--profile-gateway", type=Path, help="run the gateway under cProfile, write pstats here")
+    p.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of both servers under test, the gateway and the relay (default asyncio)",
+    )
     return p
 
 
@@ -442,6 +451,7 @@ def config_from_args(args: argparse.Namespace) -> CapacityConfig:
         pin=not args.no_pin,
         sweep=args.sweep,
         profile_out=args.profile_gateway,
+        event_loop=args.event_loop,
     )
 
 
@@ -503,6 +513,7 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--chunk-ms", type=int)
     p.add_argument("--profile-out")
     p.add_argument("--max-life-s", type=float, default=900.0)
+    p.add_argument("--event-loop", default="asyncio")
     args = p.parse_args(argv)
     import logging
 
@@ -529,8 +540,10 @@ def _child_main(argv: list[str]) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    from gateway.adapters.serving import run  # the servers under test run on the loop `gateway serve` would
+
     try:
-        asyncio.run(bounded())
+        run(bounded(), args.event_loop)
     finally:
         if profiler is not None:
             profiler.disable()
