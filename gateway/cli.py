@@ -90,6 +90,10 @@ def _bench(args: argparse.Namespace) -> int:
         from gateway.loadtest.capacity import main as capacity_main
 
         return capacity_main(args.rest[1:])
+    if args.rest[:1] == ["wire"]:
+        from gateway.bench_wire import main as wire_main
+
+        return wire_main(args.rest[1:])
     from gateway.bench import main as bench_main
 
     return bench_main(args.rest)  # options after `bench` are the benchmark's own (parse_known_args)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from gateway.bench import main, speech_like_pcm16
+from gateway.bench_wire import run as run_wire
+from gateway.cli import main as cli_main
 
 EXPECTED_ROWS = {
     "in 8k: audioop.ulaw2lin",
@@ -67,3 +70,21 @@ def test_speech_like_signal_is_deterministic_and_band_limited() -> None:
     spectrum = np.abs(np.fft.rfft(samples)) ** 2
     freqs_hz = np.fft.rfftfreq(len(samples), 1 / 24000)
     assert spectrum[freqs_hz > 9000].sum() < 1e-3 * spectrum.sum()
+
+
+def test_wire_bench_times_the_stdlib_and_every_installed_alternative(capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway bench wire` times each hot-path JSON/base64 operation with the standard library and with orjson
+    and pybase64 when installed, each row against the standard library's."""
+    rows = run_wire(number=200, repeats=1)
+    by_op: dict[str, dict[str, float | None]] = {}
+    for row in rows:
+        assert row.us > 0
+        by_op.setdefault(row.operation, {})[row.library] = row.ratio
+    assert by_op["media message → dict"]["json (stdlib)"] == 1.0
+    assert by_op["1600 B → base64"]["binascii (stdlib)"] == 1.0
+    assert by_op["whole media parse (ours)"] == {"gateway": None}
+    for module, op in (("orjson", "media message → dict"), ("pybase64", "320 B → base64")):
+        installed = importlib.util.find_spec(module) is not None
+        assert (module in by_op[op]) is installed
+    assert cli_main(["bench", "wire", "--number", "50"]) == 0
+    assert "× stdlib" in capsys.readouterr().out
