@@ -14,6 +14,7 @@ a collector, never copied.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ class _FrameHistogram:
         return out
 
 
+def _tasks_alive() -> int | None:
+    """Tasks not yet done on the running event loop (a leak shows as growth at idle); None outside a loop."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
+
+
 class _Live(Collector):
     """Families computed at scrape time: the app's gauges and the per-frame histograms."""
 
@@ -92,6 +101,9 @@ class _Live(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)
+        tasks = _tasks_alive()
+        if tasks is not None:
+            yield GaugeMetricFamily("gateway_asyncio_tasks", "asyncio tasks alive on the event loop.", value=tasks)
         for name, value in sorted(facts.counters.items()):
             yield CounterMetricFamily(f"gateway_{name}", f"{name.replace('_', ' ').capitalize()}.", value=value)
         added = HistogramMetricFamily(
