@@ -90,6 +90,10 @@ def _bench(args: argparse.Namespace) -> int:
         from gateway.loadtest.capacity import main as capacity_main
 
         return capacity_main(args.rest[1:])
+    if args.rest[:1] == ["faults"]:
+        from gateway.loadtest.faults import main as faults_main
+
+        return faults_main(args.rest[1:])
     if args.rest[:1] == ["wire"]:
         from gateway.bench_wire import main as wire_main
 
