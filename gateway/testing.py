@@ -63,6 +63,8 @@ class CallDriver:
         self.playback = TwilioPlayback(FRAME_MS)
         """Twilio's playback buffer: what the caller has heard, on the media clock of :meth:`advance`."""
         self._echoes: list[MarkEcho] = []
+        self.rounds = 0
+        """20 ms rounds of the clock so far (:meth:`advance`)."""
 
     def _record(self, actions: list[Action]) -> list[Action]:
         self.actions.extend(actions)
@@ -173,13 +175,15 @@ class CallDriver:
     # ---------------------------------------------------------------- the clock
 
     def advance(self, duration_ms: float) -> list[Action]:
-        """Let time pass, ticking every 20 ms like the adapter's ticker; each tick Twilio plays one frame and
-        the echoes due reach the call."""
+        """Let time pass in 20 ms rounds, ticking the call when the adapter's ticker would (``Call.tick_due``);
+        each round Twilio plays one frame and the echoes due reach the call."""
         actions: list[Action] = []
         end = self.now + duration_ms / 1000
         while self.now + FRAME_MS / 1000 <= end + 1e-9:
             self.now += FRAME_MS / 1000
-            actions += self._record(self.call.tick(self.now))
+            self.rounds += 1
+            if self.call.tick_due(self.rounds):
+                actions += self._record(self.call.tick(self.now))
             actions += self.deliver_echoes()
             self._echoes += self.playback.play().echoes
             actions += self.deliver_echoes()

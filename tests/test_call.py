@@ -10,6 +10,7 @@ import pytest
 
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from gateway.core.actions import CloseTwilio, CloseUpstream, OpenUpstream
+from gateway.core.call import QUIET_TICK_FRAMES
 from gateway.core.params import CallParams
 from gateway.core.states import CallState
 from gateway.testing import CallDriver
@@ -304,7 +305,7 @@ def test_max_duration_speaks_a_goodbye_then_ends_the_call() -> None:
     """At max_duration_s (counted from the session start) the agent is asked to say the line's goodbye; once it
     has been heard, the call ends."""
     d = active_driver(max_duration_s=2.0)
-    actions = d.advance(2100)
+    actions = d.advance(2000 + QUIET_TICK_FRAMES * 20)  # a quiet call's deadline is checked every 10 frames
     assert d.call.state is CallState.SAYING_GOODBYE
     assert {"type": "assistant_input", "text": d.call.line.max_duration_message} in d.to_upstream(actions)
     d.say("bye", tone_pcm(600, 24000), 24000)
@@ -430,3 +431,20 @@ def test_the_drain_waits_for_the_caller_to_hear_the_audio() -> None:
     d.advance(500)
     assert d.call.state is CallState.CLOSED
     assert d.playback.heard_audio_bytes == pytest.approx(1000 * 8, abs=160)
+
+
+def test_a_call_is_quiet_only_while_nothing_of_the_agent_is_queued_held_or_unheard() -> None:
+    """An active call with no agent audio queued, held in the resampler or unheard needs a tick every 10th round
+    only; agent audio makes it busy at once (sent without waiting for a tick), and once all of it has been
+    heard it is quiet again."""
+    d = active_driver()
+    assert d.call.quiet
+    assert [r for r in range(1, 21) if d.call.tick_due(r)] == [QUIET_TICK_FRAMES, 2 * QUIET_TICK_FRAMES]
+    first = d.say("r1", tone_pcm(400, 24000), 24000)
+    assert len(d.heard_ulaw(first)) > 0 and not d.call.quiet
+    assert all(d.call.tick_due(r) for r in range(1, 21))
+    d.upstream(evi.AssistantEnd())
+    d.advance(200)
+    assert not d.call.quiet  # still playing
+    d.advance(1000)
+    assert d.call.quiet and abs(len(d.heard_ulaw()) - 400 * 8) <= 160

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -72,6 +73,7 @@ ConnectUpstream = Callable[[SessionStart], Awaitable[Upstream]]
 RunToolCall = Callable[[RunTool], Awaitable[ToolOutcome]]
 MoveCall = Callable[[str, str], Awaitable[None]]
 """``(call_sid, target)``: move a live call with a REST update; raises TwilioRestError on failure."""
+_TICK_PHASES = itertools.count()
 _CLOSE = object()
 """Queued after the frames for the upstream: close it with ``_upstream_close`` (code, reason)."""
 
@@ -94,6 +96,8 @@ class CallRunner:
         abort_twilio: Callable[[], None] | None = None,
     ) -> None:
         self.call = call
+        self.tick_phase = next(_TICK_PHASES)
+        """Which rounds of the ticker tick this call while it is quiet (``tick_calls``)."""
         # docs/operations.md §4: a Twilio peer that stops reading is noticed by a send passing send_timeout_s or
         # by our queue passing twilio_queue_bytes; its socket is then aborted (a close frame could not get out).
         self._send_timeout_s = send_timeout_s
@@ -396,9 +400,16 @@ class CallRunner:
 
 
 async def tick_calls(calls: set[CallRunner]) -> None:
-    """One drift-free 20 ms ticker for every call of the app (a task per call costs a wake-up per call)."""
+    """One drift-free 20 ms ticker for every call of the app (a task per call costs a wake-up per call).
+
+    A quiet call (``Call.quiet``) is ticked every ``QUIET_TICK_FRAMES`` frames only (``Call.tick_due``), on a
+    phase of its own so that those ticks spread over the rounds."""
+    round_index = 0
     async for now in ticks(FRAME_MS / 1000):
+        round_index += 1
         for runner in list(calls):
+            if not runner.call.tick_due(round_index + runner.tick_phase):
+                continue
             current_call.set(runner.call)  # the ticker's lines carry the call they are about
             try:
                 runner.tick(now)

@@ -50,6 +50,9 @@ log = logging.getLogger("gateway.call")
 
 # docs/twilio-media-streams.md §1.2: the only media format a <Connect><Stream> carries.
 EXPECTED_MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)
+QUIET_TICK_FRAMES = 10
+"""A :attr:`Call.quiet` call needs a tick only every this many frames (200 ms): its deadlines and watchdogs
+count seconds, and everything that makes it busy again (agent audio, a barge-in) is an input, not a tick."""
 MAX_FAULTS_KEPT = 20
 """Upstream errors listed in a call's statistics (all of them are counted in the metrics)."""
 
@@ -355,8 +358,20 @@ class Call(CallMachine):
 
     # ------------------------------------------------------------------ the clock
 
+    @property
+    def quiet(self) -> bool:
+        """Active with nothing to pace: no agent audio queued, held or unheard. A tick of a quiet call only checks
+        the deadline and the watchdogs, so the clock may tick it every :data:`QUIET_TICK_FRAMES` frames instead
+        of every frame (most of a call is the caller talking or silence, and 20 ms ticks cost CPU per call)."""
+        return self._life.state is CallState.ACTIVE and self._outbound.quiet
+
+    def tick_due(self, round_index: int) -> bool:
+        """Whether the ticker's round ``round_index`` (any per-call offset added) must tick this call."""
+        return round_index % QUIET_TICK_FRAMES == 0 or not self.quiet
+
     def tick(self, now: float) -> list[Action]:
-        """Called every ~20 ms: pace playout, enforce the state's deadline."""
+        """Called every ~20 ms (every :data:`QUIET_TICK_FRAMES` frames while :attr:`quiet`): pace playout,
+        enforce the state's deadline and the watchdogs."""
         if self._life.state is CallState.CLOSED:
             return []
         overdue = self._life.overdue(now, self._timeouts_s)

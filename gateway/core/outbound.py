@@ -177,6 +177,11 @@ class OutboundAudio:
         return self._playout.idle
 
     @property
+    def quiet(self) -> bool:
+        """Idle, and no resampled audio waits for a pause to be flushed: nothing for the 20 ms clock to pace."""
+        return self._last_audio_s is None and self._playout.idle
+
+    @property
     def agent_turn_over(self) -> bool:
         """No more audio of the agent's current turn is expected (it ended or was cut off)."""
         return self._turn_over
