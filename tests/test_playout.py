@@ -397,6 +397,7 @@ def test_underrun_is_counted_when_audio_stops_mid_response() -> None:
     buffer.push(A, audio(800, 1))
     run(buffer, caller, 12, 12)
     assert buffer.statistics().underruns == 2
+    assert buffer.statistics().underruns_paced_late == 0  # nothing was queued: the upstream was late
 
 
 def test_late_tick_in_a_long_response_is_an_underrun() -> None:
@@ -407,6 +408,7 @@ def test_late_tick_in_a_long_response_is_an_underrun() -> None:
     buffer.poll(0.0)
     buffer.poll(0.5)
     assert buffer.statistics().underruns == 1
+    assert buffer.statistics().underruns_paced_late == 1  # audio was queued: the poll was late
 
 
 def test_ended_response_is_not_an_underrun() -> None:

@@ -142,7 +142,12 @@ class GatewayMetrics:
         )
         self.gaps = Counter("gateway_inbound_gaps_filled", "Gaps in caller audio filled with silence.", registry=r)
         self.gap_s = Counter("gateway_inbound_gap_filled_seconds", "Caller audio filled in, in seconds.", registry=r)
-        self.underruns = Counter("gateway_playout_underruns", "Agent audio ran dry mid-response.", registry=r)
+        self.underruns = Counter(
+            "gateway_playout_underruns",
+            "Agent audio ran dry mid-response, by cause: upstream (its audio came late) or pacing (ours did).",
+            ["cause"],
+            registry=r,
+        )
         self.barge_ins = Counter("gateway_barge_ins", "Callers talking over the agent (its audio cut).", registry=r)
         self.evi_errors = Counter("gateway_evi_errors", "EVI error messages, by code.", ["code"], registry=r)
         self.reconnects = Counter(
@@ -200,4 +205,6 @@ class GatewayMetrics:
             self.gaps.inc(stats.inbound.gaps)
             self.gap_s.inc(stats.inbound.gap_ms_filled / 1000)
         if stats.playout is not None:
-            self.underruns.inc(stats.playout.underruns)
+            late = stats.playout.underruns_paced_late
+            self.underruns.labels("upstream").inc(stats.playout.underruns - late)
+            self.underruns.labels("pacing").inc(late)

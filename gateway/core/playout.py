@@ -108,6 +108,9 @@ class PlayoutStats:
     dropped_ms_on_clear: int
     underruns: int
     """Episodes where the caller's buffer ran dry in the middle of a response."""
+    underruns_paced_late: int
+    """Of those, the ones with audio still queued here: the poll came late (the event loop was busy), so the
+    gateway caused it; the others had nothing queued, so the upstream's audio came late."""
     clears: int
     """``clear`` decisions returned (a ``clear()`` with nothing to flush returns none)."""
     generation: int
@@ -185,6 +188,7 @@ class PlayoutBuffer:
         self._marks_unknown = 0
         self._dropped_bytes_on_clear = 0
         self._underruns = 0
+        self._underruns_paced_late = 0
         self._clears = 0
 
     # ------------------------------------------------------------------ inputs
@@ -237,6 +241,8 @@ class PlayoutBuffer:
         if self._play_end_s < now_s - _EPSILON_S and not self._in_underrun and self._mid_response():
             # P1: the caller's buffer ran dry while a response was still being delivered.
             self._underruns += 1
+            if any(isinstance(item, _Frame) for item in self._queue):
+                self._underruns_paced_late += 1
             self._in_underrun = True
         out: list[SendMedia | SendMark] = []
         while self._queue:
@@ -352,6 +358,7 @@ class PlayoutBuffer:
             marks_unknown=self._marks_unknown,
             dropped_ms_on_clear=self._dropped_bytes_on_clear // ULAW_BYTES_PER_MS,
             underruns=self._underruns,
+            underruns_paced_late=self._underruns_paced_late,
             clears=self._clears,
             generation=self._generation,
         )
