@@ -123,6 +123,10 @@ class RawStream:
                 compression=None, max_size=2**20, max_queue=max_queue, open_timeout=5, close_timeout=2,
                 ping_interval=None,
             )  # fmt: skip
+        except websockets.InvalidStatus as exc:
+            sock.close()
+            status = exc.response.status_code
+            raise DialError(f"stream upgrade answered HTTP {status}", stage="stream", status=status) from None
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
             sock.close()
             raise DialError(f"stream connect failed: {exc!r}", stage="stream") from None

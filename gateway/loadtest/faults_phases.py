@@ -45,6 +45,8 @@ FUZZ_PACE_S = 0.005
 """One mutated frame per 5 ms per socket: with about a third parseable as media, caller audio stays near real
 time (docs/operations.md §4: past real time plus a burst, it is refused, and a flood ends the call)."""
 FUZZ_FRAMES_PER_CALL = 400
+MAX_DIAL_ERRORS = 100
+"""A scenario whose calls cannot be placed this often stops early (the gateway is gone or refuses them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,7 @@ async def twilio_mutate(ctx: PhaseContext) -> Outcome:
 
     async def worker(index: int) -> None:
         n = 0
-        while left[0] > 0:
+        while left[0] > 0 and errors.total() < MAX_DIAL_ERRORS:
             n += 1
             await one_call(index, n)
 
@@ -196,7 +198,7 @@ async def evi_mutate(ctx: PhaseContext) -> Outcome:
     heard: list[int] = []
 
     async def caller() -> None:
-        while not done.is_set():
+        while not done.is_set() and errors.total() < MAX_DIAL_ERRORS:
             stream = await _dial(ctx, "evi_mutate", errors)
             if stream is None:
                 continue
@@ -209,7 +211,7 @@ async def evi_mutate(ctx: PhaseContext) -> Outcome:
     async def monitor() -> dict[str, Any]:
         while True:
             stats = await ctx.evi_stats()
-            if stats["mutated"] - base >= plan.evi_messages:
+            if stats["mutated"] - base >= plan.evi_messages or errors.total() >= MAX_DIAL_ERRORS:
                 done.set()
                 return stats
             await asyncio.sleep(0.3)

@@ -23,6 +23,7 @@ Any of these, or a scenario that could not run or tried nothing, makes the exit 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "Sample",
     "ScenarioResult",
     "crash_lines",
+    "describe_crash",
     "format_table",
 ]
 
@@ -46,6 +48,7 @@ TASK_SLACK = 2
 RSS_SECOND_HALF_MIB = 12.0
 _CRASH_MARKERS = ("Traceback (most recent call last)", "Unhandled", "Exception ignored")
 _MIB = 2**20
+_OUR_PATH = re.compile(r'"[^"]*/(gateway/[^"]+)"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,8 @@ class ScenarioResult:
         if self.tried == 0:
             out.append("tried nothing")
         if self.crashed:
-            out.append("gateway crashed" + (f": {self.crash_lines[0][:200]}" if self.crash_lines else ""))
+            kinds = sorted({describe_crash(line) for line in self.crash_lines})
+            out.append(f"gateway crashed ({len(self.crash_lines)} lines): {' | '.join(kinds[:3])}")
         if self.disturbed:
             out.append(f"{self.disturbed} calls disturbed: {'; '.join(self.disturbed_why[:3])}")
         if self.leaks:
@@ -165,6 +169,26 @@ def crash_lines(lines: Iterable[str]) -> list[str]:
         ):
             found.append(text)
     return found
+
+
+def describe_crash(line: str) -> str:
+    """One crash line in a few words: level, logger and message, the exception's last line and the innermost
+    frame in the gateway's own code."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line[:200]
+    if not isinstance(entry, dict):
+        return line[:200]
+    head = f"{entry.get('level')} {entry.get('logger')} {str(entry.get('message', ''))[:100]!r}"
+    exception = str(entry.get("exception") or "")
+    if not exception:
+        return head
+    rows = [row.lstrip("|+- ").strip() for row in exception.splitlines()]  # exception groups indent with | and +
+    ours = [row for row in rows if row.startswith("File ") and "/gateway/" in row and "/site-packages/" not in row]
+    errors = [row for row in rows if re.match(r"[\w.]*(Error|Exception|Exit|Interrupt)\b", row)]
+    where = " at " + _OUR_PATH.sub(r"\1", ours[-1].removeprefix("File ")) if ours else ""
+    return f"{head}: {(errors or rows or [''])[-1][:160]}{where}"
 
 
 def _mib(before: Sample | None, after: Sample | None) -> str:
