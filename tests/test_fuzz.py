@@ -264,7 +264,8 @@ KNOWN_BUG = "which clear() cut off"
 )
 def test_late_audio_of_an_earlier_response_cut_by_barge_in_is_dropped() -> None:
     """EVI interleaves response ids (evi-protocol.md §3): audio of r1, then of r2, then user_interruption, then
-    more audio of r1. The interruption cut both; r1's late chunk is dropped (P5), not raised out of the core."""
+    more audio of r1. The interruption cut both, so r1's late chunk is dropped (twilio-media-streams.md P5),
+    not raised out of the core."""
     driver = CallDriver()
     driver.start()
     driver.ready()
@@ -367,7 +368,7 @@ class Adapter:
         templates = twilio_templates(self.token)
         if pick % 3 == 0:  # media dominates a real stream
             self.chunk += 1
-            self.media_ms += 20 * (1 + (pick // 3) % 3 // 2)  # now and then a gap (§1.3, 31930)
+            self.media_ms += 20 * (1 + (pick // 3) % 3 // 2)  # now and then a gap (twilio-media-streams.md §1.3)
             payload = SPEECH_FRAME_ULAW if pick % 2 else b"\xff" * (160 if pick % 7 else 1 + pick % 400)
             return tw.inbound_media_message(
                 sequence_number=self.seq, stream_sid=STREAM, chunk=self.chunk, timestamp_ms=self.media_ms, ulaw=payload
@@ -392,7 +393,7 @@ class Adapter:
                 self.now += 0.02 if pick % 2 else _JUMPS_MS[pick % len(_JUMPS_MS)] / 1000
                 self.take(call.tick(self.now), was_closed)
                 was_closed = call.state is CallState.CLOSED
-                if pick % 8 < 6 and not self.twilio_gone:  # §1.3: media keeps coming, silence included
+                if pick % 8 < 6 and not self.twilio_gone:  # twilio-media-streams.md §1.3: media never stops
                     self.take(call.receive_twilio(self.twilio_frame(3 * pick), self.now), was_closed)
                     was_closed = call.state is CallState.CLOSED
                 while self.marks and pick % 4 < 3 and not self.twilio_gone:  # Twilio plays and echoes

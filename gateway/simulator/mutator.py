@@ -4,7 +4,7 @@ Owns :func:`mutate` (character-level edits: replace, insert, delete, duplicate, 
 digits and awkward code points), :func:`random_edits` and :func:`mutated_frame` (drawn from a seeded
 ``random.Random``, so a run is repeatable), the templates :func:`twilio_frames` (every inbound Media Streams
 event, twilio-media-streams.md §1) and :func:`evi_frames` (every EVI server message, evi-protocol.md §3, with
-WAVs at the rates EVI uses, §4.2), and :func:`hostile_call`: one call through the real webhook and signed
+WAVs at the rates of evi-protocol.md §4.2), and :func:`hostile_call`: one call through the real webhook and signed
 stream whose Twilio side and whose EVI session (on an :class:`~gateway.simulator.evi.EviSimulator`) both send
 mutated frames. ``tests/test_fuzz.py`` drives the parsers, the call core and the served gateway with them.
 """
