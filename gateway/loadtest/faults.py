@@ -29,8 +29,8 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
@@ -40,7 +40,7 @@ from gateway.errors import CapacityRunError
 from gateway.loadtest.capacity_procs import Child, open_log, pin_processes, rss_bytes
 from gateway.loadtest.faults_evi import EVI_API_KEY
 from gateway.loadtest.faults_peers import Canary, CanaryResult, Target
-from gateway.loadtest.faults_phases import LINE_NUMBERS, SCENARIOS, Outcome, PhaseContext, Plan
+from gateway.loadtest.faults_phases import LINE_NUMBERS, SCENARIOS, Outcome, PhaseContext, Plan, soak_call
 from gateway.loadtest.faults_report import (
     FD_SLACK,
     IDLE_WAIT_S,
@@ -230,7 +230,9 @@ class Observer:
 class _Run:
     """One run: the processes, the baseline, and each scenario with its canaries and checks."""
 
-    def __init__(self, config: FaultsConfig, out_dir: Path, evi: Child, evi_url: str, say: Callable[[str], None]):
+    def __init__(
+        self, config: FaultsConfig, out_dir: Path, evi: Child, evi_url: str, say: Callable[[str], None]
+    ) -> None:
         self.config, self.out_dir, self.evi, self.evi_url, self.say = config, out_dir, evi, evi_url, say
         self.plan = config.plan
         self.numbers = out_dir / "numbers.toml"
@@ -246,9 +248,7 @@ class _Run:
         if self.config.pin:
             pin_processes([gateway.pid], [self.evi.proc.pid])
         observer = Observer(gateway)
-        from gateway.loadtest.faults_phases import _soak_call  # warm up lazily built state before the baseline
-
-        await _soak_call(self.context(http, observer))
+        await soak_call(self.context(http, observer))  # warm up what is built on first use, before the baseline
         sample, _ = await observer.wait_idle(None)
         await asyncio.sleep(0.5)
         self.baseline = await observer.sample()
@@ -263,8 +263,9 @@ class _Run:
         return PhaseContext(self.gateway.target, http, self.plan, self.config.seed,
                             lambda: self.evi.ask({"cmd": "stats"}), observer.sample, wait_idle)  # fmt: skip
 
-    async def scenario(self, http: aiohttp.ClientSession, name: str, title: str, body: Callable[..., object]) -> \
-            ScenarioResult:  # fmt: skip
+    async def scenario(
+        self, http: aiohttp.ClientSession, name: str, title: str, body: Callable[[PhaseContext], Awaitable[Outcome]]
+    ) -> ScenarioResult:
         gateway = self.gateway
         assert gateway is not None
         observer = Observer(gateway)
@@ -273,6 +274,7 @@ class _Run:
         offset = gateway.log_size()
         result.before = await observer.sample()
         ends_before = await observer.end_reasons()
+        evi_before = await self.evi.ask({"cmd": "stats"})
         stop = asyncio.Event()
         canaries = [] if name == "soak" else [
             asyncio.create_task(asyncio.wait_for(Canary(gateway.target, http, LINE_NUMBERS["canary"]).run(stop),
@@ -282,13 +284,14 @@ class _Run:
         outcome: Outcome | None = None
         try:
             async with asyncio.timeout(self.plan.phase_bound_s):
-                outcome = await body(self.context(http, observer))  # type: ignore[misc]
+                outcome = await body(self.context(http, observer))
         except TimeoutError:
             result.error = f"did not finish within {self.plan.phase_bound_s:g} s"
         except Exception as exc:  # a harness failure: reported on the row, the run goes on
             result.error = f"{type(exc).__name__}: {exc}"
             errors = self.out_dir / "bench-errors.log"
-            errors.write_text(errors.read_text() if errors.exists() else "" + f"--- {name}\n{traceback.format_exc()}\n")
+            earlier = errors.read_text(encoding="utf-8") if errors.exists() else ""
+            errors.write_text(f"{earlier}--- {name}\n{traceback.format_exc()}\n", encoding="utf-8")
         finally:
             stop.set()
             done = await asyncio.gather(*canaries, return_exceptions=True)
@@ -300,6 +303,10 @@ class _Run:
             result.leak_why = why + result.leak_why
             ends = await observer.end_reasons() - ends_before
             result.notes.append(f"end reasons: {', '.join(f'{k} ×{v}' for k, v in ends.most_common(8)) or 'none'}")
+        evi_failures = Counter((await self.evi.ask({"cmd": "stats"}))["agent_failures"])
+        evi_failures.subtract(evi_before["agent_failures"])
+        if +evi_failures:  # the harness's own health: the EVI side's behaviours raised (see evi.log)
+            result.notes.append(f"EVI side behaviours that raised: {dict(+evi_failures)}")
         result.leaks = bool(result.leak_why)
         result.crash_lines = crash_lines(gateway.log_since(offset))
         if not gateway.alive:
@@ -344,7 +351,7 @@ async def run_faults(config: FaultsConfig, progress: Callable[[str], None] | Non
     out_dir = config.out_dir or Path(tempfile.mkdtemp(prefix="gateway-faults-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = FaultsReport(
-        config={"quick": config.quick, "seed": config.seed, "plan": config.plan.__repr__(), "bounds": GATEWAY_BOUNDS},
+        config={"quick": config.quick, "seed": config.seed, "plan": asdict(config.plan), "bounds": GATEWAY_BOUNDS},
         machine={"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         out_dir=str(out_dir),
     )
@@ -359,6 +366,7 @@ async def run_faults(config: FaultsConfig, progress: Callable[[str], None] | Non
     evi = Child("evi", proc, out_dir / "evi.log")
     run = _Run(config, out_dir, evi, f"ws://127.0.0.1:{evi_port}/v0/evi/chat", say)
     connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    affinity = os.sched_getaffinity(0)
     try:
         await evi.read(timeout_s=_STARTUP_S)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -387,6 +395,8 @@ async def run_faults(config: FaultsConfig, progress: Callable[[str], None] | Non
                     last.crash_lines.extend(late)
                     last.crashed = True
         await evi.stop()
+        if config.pin:
+            os.sched_setaffinity(0, affinity)
     report.duration_s = time.monotonic() - t0
     (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
     return report

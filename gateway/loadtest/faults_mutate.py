@@ -485,10 +485,9 @@ class EviMutator:
         return _dump(self._audio(base64.b64encode(write_wav(pcm, 48000)).decode("ascii")))
 
     def _tool_call(self) -> bytes:
-        name = self.rng.choice(["lookup_order", "transfer_call", "made_up", "", _text(self.rng, 80), "hang_up"])
+        names = ["lookup_order", "transfer_call", "made_up", "", _text(self.rng, 80)]
+        name = "hang_up" if self.rng.random() < 0.03 else self.rng.choice(names)  # hang_up ends the call: rare
         tool_type = self.rng.choice(["function", "builtin", "xyz"])
-        if name == "hang_up" and self.rng.random() < 0.9:
-            tool_type = "function"  # the builtin hang_up ends the call (after its goodbye): rarer
         params = self.rng.choice(["{}", '{"destination":"nowhere"}', "not json", '{"order_id":' + "1" * 50 + "}"])
         return _dump({"type": "tool_call", "name": name, "parameters": params,
                       "tool_call_id": f"tc-{self.rng.randrange(10**6)}", "response_required": self.rng.random() < 0.7,

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import websockets
@@ -98,6 +98,7 @@ class RawStream:
         self.chunk = 0
         self.playback = TwilioPlayback(20)
         self.media_received = 0
+        self.invalid_received = 0
         self.heard_bytes = 0
         self.closed_by: str | None = None
         self.on_mark: Callable[[str], None] | None = None
@@ -185,13 +186,20 @@ class RawStream:
             self._note_closed()
 
     async def _on_text(self, text: str) -> None:
-        msg = json.loads(text)
-        event = msg.get("event")
+        try:
+            msg = json.loads(text)
+            event = msg.get("event")
+            if event == "media":
+                ulaw = base64.b64decode(msg["media"]["payload"])
+            elif event == "mark":
+                name = str(msg["mark"]["name"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.invalid_received += 1  # the canaries check the gateway's frames strictly; here they are counted
+            return
         if event == "media":
             self.media_received += 1
-            self.playback.media(base64.b64decode(msg["media"]["payload"]))
+            self.playback.media(ulaw)
         elif event == "mark":
-            name = msg["mark"]["name"]
             if self.on_mark is not None:
                 self.on_mark(name)
             await self._echo(self.playback.mark(name))
@@ -391,8 +399,6 @@ class SlowWebhook:
 async def slow_webhook(target: Target, to_number: str, byte_delay_s: float, *, abandon: bool = False) -> SlowWebhook:
     """POST the signed voice webhook with its body written one byte per ``byte_delay_s``; with ``abandon``, close
     half-way through the body."""
-    from urllib.parse import urlencode
-
     call_sid = new_sid("CA")
     params = webhook_params(call_sid, to_number)
     body = urlencode(params).encode()
@@ -428,8 +434,3 @@ def stream_of(answer: SlowWebhook, target: Target) -> tuple[str, dict[str, str]]
     record = CallRecord(frame_ms=20)
     url = read_twiml(answer.twiml, target.webhook_url, record, record.protocol_violations.append)
     return url, record.custom_parameters
-
-
-def json_safe(counter: Counter[str] | dict[str, Any]) -> dict[str, Any]:
-    """A counter as a plain, sorted dict."""
-    return dict(sorted(counter.items()))

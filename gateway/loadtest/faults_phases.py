@@ -32,7 +32,7 @@ from gateway.loadtest.faults_peers import (
 from gateway.loadtest.faults_report import FD_SLACK, RSS_SECOND_HALF_MIB, TASK_SLACK, Sample
 from gateway.simulator.caller import CallerConfig, NetworkTrouble, TwilioCaller
 
-__all__ = ["LINE_NUMBERS", "Outcome", "PhaseContext", "Plan", "SCENARIOS"]
+__all__ = ["LINE_NUMBERS", "SCENARIOS", "Outcome", "PhaseContext", "Plan", "soak_call"]
 
 LINE_NUMBERS = {
     line: f"+1555000{1001 + i}"
@@ -439,7 +439,7 @@ async def half_open_phase(ctx: PhaseContext) -> Outcome:
 # --------------------------------------------------------------------------------------------------- 6. soak
 
 
-async def _soak_call(ctx: PhaseContext) -> str | None:
+async def soak_call(ctx: PhaseContext) -> str | None:
     """One normal call: hear the agent's greeting, hang up. None when it went normally, else why not."""
     config = CallerConfig(webhook_url=ctx.target.webhook_url, auth_token=ctx.target.auth_token,
                           to_number=LINE_NUMBERS["soak"], audio_ulaw=b"", hangup_after_ms=60_000,
@@ -476,7 +476,7 @@ async def soak(ctx: PhaseContext) -> Outcome:
             nonlocal done
             while queue:
                 queue.pop()
-                why = await _soak_call(ctx)
+                why = await soak_call(ctx)
                 done += 1
                 if why is not None:
                     failures[why] += 1

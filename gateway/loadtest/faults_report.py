@@ -45,7 +45,7 @@ IDLE_WAIT_S = 25.0
 """How long the gateway has to come back to idle after a scenario (a call may take its drain_timeout_s to end)."""
 FD_SLACK = 4
 TASK_SLACK = 2
-RSS_SECOND_HALF_MIB = 12.0
+RSS_SECOND_HALF_MIB = 4.0
 _CRASH_MARKERS = ("Traceback (most recent call last)", "Unhandled", "Exception ignored")
 _MIB = 2**20
 _OUR_PATH = re.compile(r'"[^"]*/(gateway/[^"]+)"')
