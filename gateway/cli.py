@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from aiohttp import web
 
@@ -51,37 +52,32 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gateway serve: {exc}", file=sys.stderr)
         return 2
-    app = make_app(settings) if args.evi == "hume" else _app_with_simulator(settings, cheap=args.evi_cheap)
+    if args.evi == "hume":
+        app: web.Application | Awaitable[web.Application] = make_app(settings)
+    else:
+        app = _app_with_simulator(settings, cheap=args.evi_cheap, log_level=args.log_level)
     return run(serve(app, settings.host, settings.port), settings.event_loop)
 
 
-async def _app_with_simulator(settings: Settings, *, cheap: bool) -> web.Application:
-    """The gateway bridged to the EVI-compatible agent running in the same process (offline use)."""
-    import secrets
-
+async def _app_with_simulator(settings: Settings, *, cheap: bool, log_level: str) -> web.Application:
+    """The gateway bridged to the EVI-compatible agent, run in a worker process so that its speech work never
+    takes the gateway's loop (gateway/simulator/agent_process.py)."""
     from pydantic import SecretStr
 
     from gateway.adapters.app import make_app
-    from gateway.simulator.agent import AgentConfig
-    from gateway.simulator.evi import EviSimulator
+    from gateway.simulator.agent_process import agent_worker
 
-    key = secrets.token_hex(16)
-    sim = EviSimulator(
-        api_key=key,
-        agent_config=AgentConfig(cheap=cheap),
-        retain_closed_sessions=False,
-        record_audio=False,
-        max_sessions=settings.max_concurrent_calls,  # one process: the gateway's own cap is the only one
-        accept_unknown_configs=True,  # this agent has no configs of its own: any config_id gets its defaults
+    stack = contextlib.AsyncExitStack()
+    url, key = await stack.enter_async_context(
+        agent_worker(cheap=cheap, max_sessions=settings.max_concurrent_calls, log_level=log_level)
     )
-    await sim.start()
-    logging.getLogger("gateway").info("EVI: the built-in agent at %s%s", sim.url, " (cheap mode)" if cheap else "")
-    app = make_app(settings.model_copy(update={"evi_url": sim.url, "hume_api_key": SecretStr(key)}))
+    logging.getLogger("gateway").info("EVI: the built-in agent at %s%s", url, " (cheap mode)" if cheap else "")
+    app = make_app(settings.model_copy(update={"evi_url": url, "hume_api_key": SecretStr(key)}))
 
-    async def close_simulator(_: web.Application) -> None:
-        await sim.close()
+    async def stop_agent(_: web.Application) -> None:
+        await stack.aclose()
 
-    app.on_cleanup.append(close_simulator)
+    app.on_cleanup.append(stop_agent)
     return app
 
 
@@ -155,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--evi",
         choices=["hume", "simulator"],
         default="hume",
-        help="hume: GATEWAY_EVI_URL (default); simulator: the built-in EVI-compatible agent in this process",
+        help="hume: GATEWAY_EVI_URL (default); simulator: the built-in EVI-compatible agent, in a worker process",
     )
     serve.add_argument("--evi-cheap", action="store_true", help="with --evi simulator: no ASR/TTS (load tests)")
     serve.set_defaults(func=_serve)

@@ -96,6 +96,7 @@ async def test_serve_with_the_built_in_agent_answers_a_signed_call(event_loop: s
             await caller.dial()
             assert await caller.wait_agent_speaking(10) is not None
             await caller.hang_up()
+        worker = agent_worker_of(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -103,6 +104,50 @@ async def test_serve_with_the_built_in_agent_answers_a_signed_call(event_loop: s
         except TimeoutError:
             proc.kill()
             await proc.wait()
+    assert not alive(worker), "the agent worker outlived the gateway"
+
+
+def agent_worker_of(pid: int) -> int:
+    """The pid of the agent worker process `gateway serve --evi simulator` started (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    module = b"gateway.simulator.agent_process"
+    workers = [int(c) for c in children if module in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 1, f"children of the gateway: {children}"
+    return workers[0]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_the_agent_worker_ends_when_the_gateway_is_killed() -> None:
+    """The agent worker lives only as long as its gateway: SIGKILL the gateway and the worker exits too."""
+    port = free_port()
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 20)  # listening: the worker is up
+        worker = agent_worker_of(proc.pid)
+        assert alive(worker)
+    finally:
+        proc.kill()
+        await proc.wait()
+    for _ in range(100):
+        if not alive(worker):
+            break
+        await asyncio.sleep(0.1)
+    assert not alive(worker), "the agent worker outlived a killed gateway by 10 s"
 
 
 def test_demo_logs_go_to_the_file_and_with_verbose_to_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
