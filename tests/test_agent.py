@@ -490,6 +490,21 @@ async def test_cheap_mode_uses_no_speech_backends() -> None:
     assert seconds == pytest.approx(0.065 * len(texts(reply)[0]), abs=0.03)
 
 
+async def test_an_endless_utterance_is_answered_in_bounded_pieces(caplog: pytest.LogCaptureFixture) -> None:
+    """A caller who never pauses long enough to end a turn gets each max_utterance_ms of speech transcribed and
+    answered as a turn of its own, with a warning line for each piece ended at the bound."""
+    breathless = b"".join(speechlike_pcm16(850, 8000, seed=i) + bytes(2400) for i in range(5))  # 5 s, 150 ms breaths
+    turn = TurnParams(end_of_turn_silence_ms=500, min_interruption_ms=300, max_utterance_ms=2000)
+    with caplog.at_level("WARNING", logger="gateway.simulator.agent"):
+        async with agent_sim(cheap=True, script=SILENT_START, turn=turn) as sim, chat(sim) as (client, _):
+            await client.send_audio(bytes(3200) + breathless + bytes(9600))
+            heard = [m for m in await client.until("user_message") if m["type"] == "user_message"]
+            heard += [m for m in await client.until("user_message") if m["type"] == "user_message"]
+    assert [m["interim"] for m in heard] == [False, False]
+    assert all(re.fullmatch(r"\[speech 2\.[0-9] s\]", m["message"]["content"]) for m in heard)
+    assert len([r for r in caplog.records if "reached 2 s" in r.getMessage()]) >= 2
+
+
 @pytest.mark.parametrize(
     ("fault", "expect"),
     [

@@ -7,10 +7,12 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.logs import JsonFormatter, RedactSecrets, configure_logging
 from gateway.simulator.caller import CallerConfig, TwilioCaller
+from gateway.simulator.demo import logs_to
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import running_gateway
 from gateway.simulator.wavgen import speechlike_pcm16
@@ -103,3 +105,18 @@ def test_configure_logging_switches_format() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_demo_log_escapes_peer_text_and_redacts_secrets(tmp_path: Path) -> None:
+    """``gateway demo``'s log file goes through the gateway's filters: a peer's line break cannot start a forged
+    line of its own, and a key in a header line or URL is masked."""
+    path = tmp_path / "demo.log"
+    with logs_to(path):
+        log = logging.getLogger("gateway.test")
+        log.warning("E< error from EVI: %s", "bad\n2025-01-01 00:00:00,000 INFO gateway.call = call ended")
+        log.info("> X-Hume-Api-Key: sk-live-123")
+        log.info("E> connecting to wss://evi.example/chat?api_key=sk-live-456&config_id=c1")
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 3
+    assert "bad\\n2025-01-01" in text
+    assert "sk-live" not in text and text.count("***") == 2

@@ -1,6 +1,9 @@
-"""Turn detection: utterance boundaries, hangover, prefix padding, interruption timing, noise, chunking."""
+"""Turn detection: utterance boundaries, hangover, prefix padding, interruption timing, noise, chunking, the
+bound on an utterance, and where the agent's ears run the detector."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 from gateway.codecs.framing import FRAME_MS, TWILIO_RATE_HZ
 from gateway.codecs.g711 import pcm16_to_ulaw, ulaw_silence, ulaw_to_pcm16
 from gateway.errors import ConfigError
+from gateway.simulator.agent_ears import OFF_LOOP_MS, Ears
+from gateway.simulator.evi_session import DeclaredAudio
 from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector, TurnEvent, TurnParams
 from gateway.simulator.wavgen import speechlike_pcm16, tone_pcm16
 
@@ -82,6 +87,7 @@ def test_params_defaults_are_evis() -> None:
         ("min_interruption_ms", 49),
         ("min_interruption_ms", 2001),
         ("frame_ms", 0),
+        ("max_utterance_ms", 999),
     ],
 )
 def test_params_outside_evi_ranges_rejected(field: str, value: float) -> None:
@@ -263,3 +269,90 @@ def test_any_chunking_gives_identical_events(cuts: list[int]) -> None:
     assert events == reference
     assert len(_ended(events)) == 2
     assert _ended(_CHUNKING_EXPECTED) == _ended(events)
+
+
+def _endless(duration_ms: int, seed: int) -> bytes:
+    """Someone who never stops talking: speech with a 150 ms breath every second, far shorter than the
+    end-of-turn silence."""
+    return b"".join(_speech(850, seed + i) + _silence(150) for i in range(duration_ms // 1000))
+
+
+def test_an_endless_utterance_is_ended_at_the_bound_and_holds_no_more() -> None:
+    """100 s of unbroken speech end an utterance every max_utterance_ms (capped), each transcribable on
+    its own, and the detector never holds more than the bound plus the prefix padding of audio."""
+    params = TurnParams(max_utterance_ms=30_000)
+    detector = TurnDetector(params, RATE_HZ)
+    speech = _endless(100_000, 21)
+    events: list[TurnEvent] = []
+    held_ms = 0.0
+    for offset in range(0, len(speech), 320):
+        events += detector.push(speech[offset : offset + 320])
+        held_ms = max(held_ms, detector.held_ms)
+    ended = _ended(events)
+    assert [e.capped for e in ended] == [True] * 3 and detector.speaking
+    assert all(30_000 - 200 <= e.end_ms - e.start_ms <= 30_000 for e in ended)  # to its last speech, by a breath
+    assert all(len(e.pcm16) <= (30_000 + 300) * BYTES_PER_MS for e in ended)
+    assert held_ms <= 30_000 + 300 + FRAME_MS
+    assert not _ended(detector.push(_silence(1000)))[0].capped  # the last one ends with the silence
+
+
+def _mono(rate_hz: int = RATE_HZ) -> DeclaredAudio:
+    return DeclaredAudio("linear16", rate_hz, 1, "session_settings")
+
+
+async def test_the_ears_detect_a_frame_inline_and_a_big_batch_on_their_worker() -> None:
+    """A 20 ms frame is detected on the event loop's thread (cheaper than a hand-off); a batch of OFF_LOOP_MS or
+    more on the session's worker thread; the events are those of one detector fed the same audio in order."""
+    ears = Ears(TurnParams(min_interruption_ms=500), "chat test")
+    assert ears.hears(_mono(), origin_ms=0.0)
+    assert ears.detector is not None
+    threads: list[str] = []
+    push = ears.detector.push
+
+    def spying_push(pcm16: bytes) -> list[TurnEvent]:
+        threads.append(threading.current_thread().name)
+        return push(pcm16)
+
+    ears.detector.push = spying_push  # type: ignore[method-assign]
+    frames = [_CHUNKING_AUDIO[i : i + 320] for i in range(0, len(_CHUNKING_AUDIO), 320)]
+    assert len(frames) * FRAME_MS >= OFF_LOOP_MS
+    heard = await ears.hear(frames[:1]) + await ears.hear(frames[1:])
+    ears.close()
+    assert threads[0] == threading.current_thread().name
+    assert {name.startswith("ears chat test") for name in threads[1:]} == {True}
+    assert [e for h in heard for e in h.events] == TurnDetector(ears.params, RATE_HZ).push(_CHUNKING_AUDIO)
+    assert [h.position_ms for h in heard] == [FRAME_MS * (i + 1) for i in range(len(frames))]
+
+
+async def test_the_ears_hold_a_bounded_recent_buffer_through_an_endless_utterance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fed 58 s of unbroken speech in 20 ms frames, the ears keep at most the utterance so far (capped at
+    max_utterance_ms) plus its padding and 1 s of trimming slack, and log each utterance ended at the bound."""
+    params = TurnParams(max_utterance_ms=5000)
+    ears = Ears(params, "chat endless")
+    assert ears.hears(_mono(), origin_ms=0.0)
+    speech = _endless(58_000, 22)
+    most_ms, capped = 0.0, 0
+    with caplog.at_level("WARNING", logger="gateway.simulator.agent"):
+        for offset in range(0, len(speech), 320):
+            heard = await ears.hear([speech[offset : offset + 320]])
+            capped += sum(isinstance(e, SpeechEnded) and e.capped for e in heard[0].events)
+            ears.trim()
+            most_ms = max(most_ms, ears.recent_ms)
+    ears.close()
+    assert capped == 11
+    assert most_ms <= 5000 + params.prefix_padding_ms + 1000 + 60 + FRAME_MS
+    assert len([r for r in caplog.records if "reached 5 s" in r.getMessage()]) == 11
+    kept = ears.between(0.0, 58_000.0)
+    assert kept == speech[-len(kept) :]  # what it keeps is the newest audio
+
+
+async def test_the_ears_refuse_a_format_once_then_ignore_it() -> None:
+    """A rate the detector cannot frame raises ConfigError the first time (the agent answers with an error) and
+    is quietly ignored afterwards; a good format after it is heard."""
+    ears = Ears(TurnParams(), "chat odd")
+    with pytest.raises(ConfigError):
+        ears.hears(_mono(11025), origin_ms=0.0)
+    assert not ears.hears(_mono(11025), origin_ms=0.0)
+    assert ears.hears(_mono(16000), origin_ms=40.0) and (ears.rate_hz, ears.origin_ms) == (16000, 40.0)

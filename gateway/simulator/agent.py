@@ -2,10 +2,12 @@
 
 Owns :class:`VoiceAgent`, the ``agent`` hook of ``EviSimulator``, configured by
 :class:`~gateway.simulator.agent_config.AgentConfig` (script, turn detection, output format, event timeouts,
-fault injection): it listens to each session's audio with the
-turn detector (``vad.py``), transcribes utterances (``voice.py``, off the event loop), answers from the
-:class:`~gateway.simulator.agent_script.AgentScript`, and speaks through the session's ``say``. Per chat group
-it keeps the conversation, so a chat opened with ``resumed_chat_group_id`` carries on where it stopped (§7).
+fault injection): it listens to each session's audio with its ears (``agent_ears.py``: the turn detector of
+``vad.py`` on whatever audio has queued up since it last looked, inline for a little and on the session's
+worker thread for 500 ms or more, with every utterance bounded at 30 s), transcribes utterances (``voice.py``,
+off the event loop), answers from the :class:`~gateway.simulator.agent_script.AgentScript`, and speaks through
+the session's ``say``. Per chat group it keeps the conversation, so a chat opened with
+``resumed_chat_group_id`` carries on where it stopped (§7).
 
 Behaviour where EVI's is unconfirmed (§5, §6, §8, §11), as chosen here:
 
@@ -18,7 +20,9 @@ Behaviour where EVI's is unconfirmed (§5, §6, §8, §11), as chosen here:
   SDK documents it); audio positions are
   counted from the first caller audio (the turn detector runs on audio time, so audio may come faster than
   real time). An utterance with no recognised words sends no ``user_message``. If the caller's audio stops
-  mid-utterance, the end-of-turn silence is assumed after ``end_of_turn_silence_ms`` of wall time.
+  mid-utterance, the end-of-turn silence is assumed after ``end_of_turn_silence_ms`` of wall time. An utterance
+  that reaches ``max_utterance_ms`` (30 s) is ended there and answered like any other; speech that goes on is
+  the next one.
 - Farewell: the goodbye turn ends with ``assistant_end``, then ``tool_call`` ``hang_up`` (builtin, no
   response required), then the close. Close codes: every scripted end is 1000 with the reasons below.
 - Function tools (§6): a rule with ``tool`` sends a ``tool_call`` (``response_required``) and waits up to
@@ -53,9 +57,10 @@ import numpy as np
 
 from gateway.errors import ConfigError, SessionClosedError
 from gateway.simulator.agent_config import OUTPUT_RATES_HZ, AgentConfig, for_evi_config
+from gateway.simulator.agent_ears import MAX_BATCH_MS, Ears
 from gateway.simulator.agent_script import fill, split_sentences
-from gateway.simulator.evi_session import AudioChunk, DeclaredAudio, EviSession, fake_prosody
-from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted, TurnDetector
+from gateway.simulator.evi_session import AudioChunk, EviSession, Inbound, fake_prosody
+from gateway.simulator.vad import SpeechEnded, SpeechOngoing, SpeechStarted
 from gateway.simulator.voice import DurationRecognizer, Recognizer, Synthesizer, make_recognizer, make_synthesizer
 from gateway.simulator.wavgen import tone_pcm16
 from gateway.wire import evi_messages as evi
@@ -68,7 +73,6 @@ HANG_UP_TOOL = "hang_up"
 _CHEAP_MS_PER_CHAR = 65  # about eSpeak's 170 words per minute
 _CHEAP_TONE_HZ = 220.0
 _SPEECH_WAIT_S = 3600.0
-_RECENT_AUDIO_MS = 2000
 
 _Step = Callable[[], Awaitable[None]]
 
@@ -148,13 +152,7 @@ class _AgentRun:
         self.last_activity_s = self.loop.time()
         self.user_activity = 0
         self.interruptions = 0
-        self.detector: TurnDetector | None = None
-        self.detector_audio: DeclaredAudio | None = None
-        self.unsupported_audio: DeclaredAudio | None = None
-        self.audio_origin_ms = 0.0
-        self.recent = bytearray()
-        self.recent_start_ms = 0.0
-        self.utterance_start_ms: float | None = None
+        self.ears = Ears(self.cfg.turn, f"chat {session.chat_id}")
         self.next_interim_ms = 0.0
         self.interim_task: asyncio.Task[None] | None = None
         self.tool_answers: dict[str, asyncio.Future[str]] = {}
@@ -183,6 +181,7 @@ class _AgentRun:
         finally:
             for task in self.responses + self.background:
                 task.cancel()
+            self.ears.close()
             log.info(
                 "EVI agent chat %s ended: %d caller turns in group, %d interruptions",
                 self.session.chat_id,
@@ -226,18 +225,20 @@ class _AgentRun:
 
     async def _consume(self) -> None:
         flush_s = (self.cfg.turn.end_of_turn_silence_ms + 2 * self.cfg.turn.frame_ms) / 1000
+        taken: Inbound | None = None
         while True:
-            speaking = self.detector is not None and self.detector.speaking
             try:
-                async with asyncio.timeout(flush_s if speaking else None):
-                    item = await self.inbox.get()
+                async with asyncio.timeout(flush_s if self.ears.speaking and taken is None else None):
+                    item = taken if taken is not None else await self.inbox.get()
             except TimeoutError:
                 # The caller stopped sending mid-utterance: its silence ends the turn.
-                await self._on_mono(bytes(2 * round(flush_s * self._rate_hz())))
+                await self._on_mono([bytes(2 * round(flush_s * self.ears.rate_hz))])
                 continue
+            taken = None
             match item:
                 case AudioChunk():
-                    await self._on_audio(item)
+                    batch, taken = self._queued_audio(item)
+                    await self._on_audio(batch)
                 case evi.UserInput():
                     await self._on_user_input(item.text)
                 case evi.AssistantInput():
@@ -255,77 +256,63 @@ class _AgentRun:
                 case _:
                     pass
 
-    @staticmethod
-    def _format(audio: DeclaredAudio | None) -> tuple[int, int] | None:
-        return None if audio is None else (audio.rate_hz, audio.channels)
+    def _queued_audio(self, first: AudioChunk) -> tuple[list[AudioChunk], Inbound | None]:
+        """``first`` and the audio queued behind it in its format, up to MAX_BATCH_MS: one hand-over for what a
+        busy loop let pile up. Also the first other item taken from the inbox, to be handled next."""
+        batch, batch_ms = [first], first.audio.pcm_ms(len(first.pcm16))
+        while batch_ms < MAX_BATCH_MS and not self.inbox.empty():
+            item = self.inbox.get_nowait()
+            if not isinstance(item, AudioChunk) or item.audio != first.audio:
+                return batch, item
+            batch.append(item)
+            batch_ms += item.audio.pcm_ms(len(item.pcm16))
+        return batch, None
 
-    def _rate_hz(self) -> int:
-        return self.detector_audio.rate_hz if self.detector_audio is not None else 8000
-
-    async def _on_audio(self, chunk: AudioChunk) -> None:
-        audio = chunk.audio
-        if (audio.rate_hz, audio.channels) != self._format(self.detector_audio):
-            if (audio.rate_hz, audio.channels) == self._format(self.unsupported_audio):
+    async def _on_audio(self, batch: list[AudioChunk]) -> None:
+        audio = batch[0].audio
+        try:
+            if not self.ears.hears(audio, self.session.elapsed_ms()):
                 return
-            try:
-                self.detector = TurnDetector(self.cfg.turn, audio.rate_hz)
-            except ConfigError as exc:
-                self.unsupported_audio = audio
-                await self.session.send_error("E0200", "audio_format_unsupported", f"Cannot detect speech: {exc}")
-                return
-            self.detector_audio = audio
-            self.audio_origin_ms = self.session.elapsed_ms()
-            self.recent = bytearray()
-            self.recent_start_ms = 0.0
-            self.utterance_start_ms = None
-        pcm = chunk.pcm16
-        if audio.channels > 1:
-            frames = np.frombuffer(pcm[: len(pcm) - len(pcm) % (2 * audio.channels)], dtype="<i2")
-            pcm = frames.reshape(-1, audio.channels)[:, 0].tobytes()
-        await self._on_mono(pcm)
-
-    async def _on_mono(self, pcm: bytes) -> None:
-        detector = self.detector
-        if detector is None:
+        except ConfigError as exc:
+            await self.session.send_error("E0200", "audio_format_unsupported", f"Cannot detect speech: {exc}")
             return
-        self.recent += pcm
-        for event in detector.push(pcm):
-            match event:
-                case SpeechStarted():
-                    self._user_active()
-                    self.utterance_start_ms = event.at_ms
-                    self.next_interim_ms = event.at_ms + self.cfg.interim_interval_ms
-                case SpeechOngoing():
-                    # §5: speech lasting min_interruption_ms during a response interrupts it.
-                    if self._responding():
-                        await self._interrupt()
-                case SpeechEnded():
-                    self._user_active()
-                    self.utterance_start_ms = None
-                    self._spawn_turn(functools.partial(self._final, event.start_ms, event.end_ms, event.pcm16))
-        position_ms = detector.position_ms
-        start_ms = self.utterance_start_ms
-        if start_ms is not None and self.session.verbose_transcription and position_ms >= self.next_interim_ms:
-            self.next_interim_ms += self.cfg.interim_interval_ms * (
-                1 + int((position_ms - self.next_interim_ms) // self.cfg.interim_interval_ms)
-            )
-            # A real recognizer costs CPU per partial: at most one in flight, the rest are skipped.
-            if not self.agent.recognizer.real or self.interim_task is None or self.interim_task.done():
-                partial = self._recent_since(start_ms - self.cfg.turn.prefix_padding_ms)
-                self.interim_task = self._spawn_turn(functools.partial(self._interim, start_ms, position_ms, partial))
-        if not detector.speaking:
-            self._trim_recent(position_ms)
+        channels = audio.channels
+        chunks = [chunk.pcm16 for chunk in batch]
+        if channels > 1:  # the first channel of each chunk's whole frames
+            chunks = [
+                np.frombuffer(pcm[: len(pcm) - len(pcm) % (2 * channels)], dtype="<i2")[::channels].tobytes()
+                for pcm in chunks
+            ]
+        await self._on_mono(chunks)
 
-    def _recent_since(self, from_ms: float) -> bytes:
-        skip = max(0, round((from_ms - self.recent_start_ms) * self._rate_hz() / 1000)) * 2
-        return bytes(self.recent[skip:])
+    async def _on_mono(self, chunks: list[bytes]) -> None:
+        for heard in await self.ears.hear(chunks):
+            for event in heard.events:
+                match event:
+                    case SpeechStarted():
+                        self._user_active()
+                        self.next_interim_ms = event.at_ms + self.cfg.interim_interval_ms
+                    case SpeechOngoing():
+                        # §5: speech lasting min_interruption_ms during a response interrupts it.
+                        if self._responding():
+                            await self._interrupt()
+                    case SpeechEnded():
+                        self._user_active()
+                        self._spawn_turn(functools.partial(self._final, event.start_ms, event.end_ms, event.pcm16))
+            if heard.utterance_start_ms is not None and self.session.verbose_transcription:
+                self._maybe_interim(heard.utterance_start_ms, heard.position_ms)
+        self.ears.trim()
 
-    def _trim_recent(self, position_ms: float) -> None:
-        excess_ms = position_ms - self.recent_start_ms - _RECENT_AUDIO_MS
-        if excess_ms > _RECENT_AUDIO_MS / 2:
-            drop = round(excess_ms * self._rate_hz() / 1000) * 2
-            del self.recent[:drop]
-            self.recent_start_ms += drop / 2 * 1000 / self._rate_hz()
+    def _maybe_interim(self, start_ms: float, position_ms: float) -> None:
+        """A partial transcript of the utterance so far, once per ``interim_interval_ms`` of it."""
+        if position_ms < self.next_interim_ms:
+            return
+        interval_ms = self.cfg.interim_interval_ms
+        self.next_interim_ms += interval_ms * (1 + int((position_ms - self.next_interim_ms) // interval_ms))
+        # A real recognizer costs CPU per partial: at most one in flight, the rest are skipped.
+        if not self.agent.recognizer.real or self.interim_task is None or self.interim_task.done():
+            partial = self.ears.between(start_ms - self.cfg.turn.prefix_padding_ms, position_ms)
+            self.interim_task = self._spawn_turn(functools.partial(self._interim, start_ms, position_ms, partial))
 
     def _spawn_turn(self, step: _Step) -> asyncio.Task[None]:
         task = asyncio.create_task(self._guard(step))
@@ -335,7 +322,7 @@ class _AgentRun:
 
     async def _transcribe(self, pcm: bytes) -> str:
         recognizer = self.agent.recognizer
-        rate_hz = self._rate_hz()
+        rate_hz = self.ears.rate_hz
         if recognizer.real:
             return await asyncio.to_thread(recognizer.transcribe, pcm, rate_hz)
         return recognizer.transcribe(pcm, rate_hz)
@@ -359,8 +346,8 @@ class _AgentRun:
 
     async def _send_user_message(self, text: str, start_ms: float, end_ms: float, *, interim: bool) -> None:
         # §3: time is ms since the chat started; audio positions are offset by when the audio began.
-        begin = round(self.audio_origin_ms + start_ms)
-        interval = evi.MillisecondInterval(begin=begin, end=max(begin, round(self.audio_origin_ms + end_ms)))
+        begin = round(self.ears.origin_ms + start_ms)
+        interval = evi.MillisecondInterval(begin=begin, end=max(begin, round(self.ears.origin_ms + end_ms)))
         await self.session.send_message(
             evi.UserMessage(
                 message=evi.ChatMessage(role="user", content=text),
@@ -488,7 +475,7 @@ class _AgentRun:
                 await asyncio.wait(self.responses)
                 self.last_activity_s = self.loop.time()
                 continue
-            if self.detector is not None and self.detector.speaking:
+            if self.ears.speaking:
                 self.last_activity_s = self.loop.time()
                 continue
             seen = self.user_activity
@@ -500,7 +487,7 @@ class _AgentRun:
                 self._respond(warning)
                 await asyncio.wait(self.responses)
             await asyncio.sleep(grace_s)
-            if seen == self.user_activity and not (self.detector is not None and self.detector.speaking):
+            if seen == self.user_activity and not self.ears.speaking:
                 await self.session.close(1000, "inactivity_timeout")
                 return
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gateway.codecs.levels import loud_ulaw_samples
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import EscapeUntrusted, RedactSecrets
 from gateway.simulator.agent import AgentConfig
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.evi import EviSimulator
@@ -311,7 +312,9 @@ def print_result(result: DemoResult, log: Callable[[str], None] = print) -> None
 @contextmanager
 def logs_to(path: Path, *, verbose: bool = False, level: int | str = logging.INFO) -> Iterator[None]:
     """Inside the block, log records at ``level`` and above go to ``path`` only (with ``verbose``, to stderr
-    as well); the logging set-up before it is restored after."""
+    as well), through the gateway's own filters: every value from a peer escaped and capped, then secrets
+    redacted (operations.md §3, as ``configure_logging`` installs them); the logging set-up before it is
+    restored after."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     handlers: list[logging.Handler] = [logging.FileHandler(path, mode="w", encoding="utf-8")]
@@ -319,6 +322,8 @@ def logs_to(path: Path, *, verbose: bool = False, level: int | str = logging.INF
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(EscapeUntrusted())
+        handler.addFilter(RedactSecrets())
     for handler in saved_handlers:
         root.removeHandler(handler)
     for handler in handlers:

@@ -20,6 +20,10 @@ An utterance starts after 60 ms of consecutive speech frames (debounce; ``Speech
 of the first one), is reported once as ``SpeechOngoing`` when it has lasted ``min_interruption_ms``, and
 ends after ``end_of_turn_silence_ms`` without a speech frame (hangover); ``SpeechEnded`` carries its audio
 from ``prefix_padding_ms`` before the start to the end of its last speech frame.
+
+An utterance is bounded: once it has lasted ``max_utterance_ms`` (30 s, the simulator's own bound; EVI
+documents none) it ends at the end of that frame, with ``capped`` set, and speech that goes on starts a new
+one. So the detector never holds more than ``max_utterance_ms + prefix_padding_ms`` of audio, whatever it is fed.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class TurnParams:
     prefix_padding_ms: int = 300
     min_interruption_ms: int = 800
     frame_ms: int = 20
+    max_utterance_ms: int = 30_000
+    """The longest utterance: the simulator's own bound on the audio it holds (EVI documents none)."""
 
     def __post_init__(self) -> None:
         # evi-protocol.md §5: silence 500-3000, threshold 0-1, padding 0-1000, interruption 50-2000.
@@ -65,6 +71,7 @@ class TurnParams:
         _check_range("prefix_padding_ms", self.prefix_padding_ms, 0, 1000)
         _check_range("min_interruption_ms", self.min_interruption_ms, 50, 2000)
         _check_range("frame_ms", self.frame_ms, 5, 100)
+        _check_range("max_utterance_ms", self.max_utterance_ms, 1000, 600_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +91,13 @@ class SpeechOngoing:
 
 @dataclass(frozen=True, slots=True)
 class SpeechEnded:
-    """The utterance spanning ``start_ms``-``end_ms``, with its audio from ``prefix_padding_ms`` before."""
+    """The utterance spanning ``start_ms``-``end_ms``, with its audio from ``prefix_padding_ms`` before;
+    ``capped`` when it was ended for reaching ``max_utterance_ms`` rather than by silence."""
 
     start_ms: float
     end_ms: float
     pcm16: bytes
+    capped: bool = False
 
 
 TurnEvent: TypeAlias = SpeechStarted | SpeechOngoing | SpeechEnded
@@ -107,6 +116,7 @@ class TurnDetector:
         self._start_frames = math.ceil(_START_DEBOUNCE_MS / params.frame_ms)
         self._end_frames = math.ceil(params.end_of_turn_silence_ms / params.frame_ms)
         self._prefix_samples = params.prefix_padding_ms * rate_hz // 1000
+        self._max_samples = params.max_utterance_ms * rate_hz // 1000
         self._margin_db = 6.0 + 18.0 * params.speech_detection_threshold
         self._min_level_dbfs = -60.0 + 20.0 * params.speech_detection_threshold
         self._rise_quiet_db = _FLOOR_RISE_QUIET_DB_PER_S * params.frame_ms / 1000
@@ -130,6 +140,11 @@ class TurnDetector:
     def speaking(self) -> bool:
         """True from ``SpeechStarted`` until ``SpeechEnded``."""
         return self._speaking
+
+    @property
+    def held_ms(self) -> float:
+        """Audio held for the utterance in progress (with its prefix padding), or as padding for the next."""
+        return self._ms(len(self._audio) // _SAMPLE_BYTES)
 
     @property
     def position_ms(self) -> float:
@@ -207,9 +222,10 @@ class TurnDetector:
             self._silent_frames = 0
             self._last_speech_end_sample = frame_end
             self._check_ongoing(frame_end, events)
-            return
-        self._silent_frames += 1
-        if self._silent_frames >= self._end_frames:
+        else:
+            self._silent_frames += 1
+        capped = frame_end - self._start_sample >= self._max_samples
+        if capped or self._silent_frames >= self._end_frames:
             first = max(self._start_sample - self._prefix_samples, self._audio_start_sample)
             lo = (first - self._audio_start_sample) * _SAMPLE_BYTES
             hi = (self._last_speech_end_sample - self._audio_start_sample) * _SAMPLE_BYTES
@@ -218,6 +234,7 @@ class TurnDetector:
                     start_ms=self._ms(self._start_sample),
                     end_ms=self._ms(self._last_speech_end_sample),
                     pcm16=bytes(self._audio[lo:hi]),
+                    capped=capped and self._silent_frames < self._end_frames,
                 )
             )
             self._speaking = False
