@@ -448,3 +448,17 @@ def test_a_call_is_quiet_only_while_nothing_of_the_agent_is_queued_held_or_unhea
     assert not d.call.quiet  # still playing
     d.advance(1000)
     assert d.call.quiet and abs(len(d.heard_ulaw()) - 400 * 8) <= 160
+
+
+def test_late_audio_of_an_earlier_response_cut_by_a_barge_in_is_dropped() -> None:
+    """Audio of response A, then of B (no assistant_end between), a user_interruption, then late audio of A:
+    the clear cut both, so A's late chunk is dropped as late audio and the call goes on."""
+    d = active_driver()
+    d.say("A", tone_pcm(300, 24000), 24000, index=0)
+    d.say("B", tone_pcm(300, 24000), 24000, index=0)
+    assert d.kinds(d.upstream(evi.UserInterruption(time=1))) == ["clear"]
+    late = d.say("A", tone_pcm(300, 24000), 24000, index=1) + d.advance(600)
+    assert d.heard_ulaw(late) == b""
+    assert d.call.state is CallState.ACTIVE
+    fresh = d.say("C", tone_pcm(200, 24000), 24000) + d.advance(400)
+    assert len(d.heard_ulaw(fresh)) > 0

@@ -66,7 +66,9 @@ class OutboundAudio:
     def agent_audio(self, response_id: ResponseId, wav: bytes, now_s: float) -> list[PlayoutDecision]:
         """Queue one upstream chunk and release what is due. Raises AudioFormatError for a bad WAV (nothing is
         queued then). Late audio of a cut response is dropped here (docs/twilio-media-streams.md P5)."""
-        if response_id in self._cut:
+        # A response is cut when it was current at a barge-in or a budget cut, or when the clear found it still
+        # playing (an earlier response whose audio resumes after a later one began, evi-protocol.md §3).
+        if response_id in self._cut or self._playout.was_cut(response_id):
             self._chunks_dropped_late += 1
             return []
         chunk = read_wav(wav)

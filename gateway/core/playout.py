@@ -217,6 +217,11 @@ class PlayoutBuffer:
             self._enqueue(_Frame(response_id, self._generation, frame))
         self._partial_bytes += response.framer.pending_bytes - held_before
 
+    def was_cut(self, response_id: ResponseId) -> bool:
+        """True if ``clear`` cut this response off: no more of its audio may be pushed (P5)."""
+        response = self._responses.get(response_id)
+        return response is not None and response.state is _State.CUT
+
     def end_response(self, response_id: ResponseId) -> None:
         """No more audio will come for this response; a final mark follows its last frame.
 
