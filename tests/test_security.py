@@ -4,7 +4,9 @@ signed through ``bodySHA256``, and the query of the stream upgrade. A refused re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from urllib.parse import urlencode
 
 import aiohttp
@@ -299,3 +301,38 @@ async def test_a_query_on_the_stream_upgrade_must_be_signed_too(gateway: Running
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await http.ws_connect(URL(gateway.media_url + "?token=x", encoded=True), headers=headers)
     assert info.value.status == 403 and evi_sim.connection_attempts == 0
+
+
+# ------------------------------------------------------------------------------- cut-off request bodies
+
+
+async def test_a_webhook_body_cut_off_by_the_client_is_one_line_not_a_traceback(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that announces a body, sends part of it and leaves gets one INFO line from the gateway, no
+    ERROR and no traceback (any client could otherwise write those into the log), and the next webhook is
+    answered as usual."""
+    caplog.set_level(logging.INFO)
+    body = urlencode(form()).encode()
+    for path in (VOICE_PATH, STATUS_PATH):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body) + 100}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:20])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(50):
+        if sum("left before its body was complete" in r.getMessage() for r in caplog.records) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sum("left before its body was complete" in r.getMessage() for r in caplog.records) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    url = gateway.webhook_url
+    status, _ = await send(
+        "POST", url, data=form(), headers={"X-Twilio-Signature": sign_request(gateway.auth_token or "", url, form())}
+    )
+    assert status == 200

@@ -244,17 +244,26 @@ def _shared_key(request: web.Request) -> str | None:
     return key.get_secret_value() if key else None
 
 
+def _client_left(request: web.Request) -> web.HTTPBadRequest:
+    """A client that went away before its body was complete: one line, no traceback (nobody is left to answer)."""
+    log.info("%s %s: the client left before its body was complete", request.method, request.path)
+    return web.HTTPBadRequest(text="request body incomplete")
+
+
 async def _signed_params(request: web.Request) -> MultiMapping[Any]:
     """Twilio's parameters (the form of a POST, the query of a GET), after checking ``X-Twilio-Signature``
     over the full public URL, query string included, as Twilio signs it (twilio-media-streams.md §3.6)."""
-    form: MultiDictProxy[Any] = await request.post()  # empty for a GET, and for a body that is not a form
+    try:
+        form: MultiDictProxy[Any] = await request.post()  # empty for a GET, and for a body that is not a form
+        # A JSON body is signed through its SHA-256 in the query (bodySHA256); the SDK checks that hash.
+        body = await request.text() if "bodySHA256" in request.query else None
+    except ConnectionError:
+        raise _client_left(request) from None
     params: MultiMapping[Any] = form if request.method == "POST" else request.query
     auth_token = _auth_token(request)
     if auth_token is None:
         return params
     path, query = _requested_target(request)
-    # A JSON body is signed through its SHA-256 in the query (bodySHA256); the SDK checks that hash.
-    body = await request.text() if "bodySHA256" in request.query else None
     if not webhook_signature_ok(
         auth_token,
         _public_base(request) + path + query,
@@ -471,6 +480,8 @@ async def say_on_call(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         raise web.HTTPBadRequest(text='body must be JSON: {"text": "…"}') from None
+    except ConnectionError:
+        raise _client_left(request) from None
     text = body.get("text") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
         raise web.HTTPUnprocessableEntity(text=f"text must be a non-empty string of at most {MAX_SAY_CHARS} chars")
