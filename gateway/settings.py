@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     send_timeout_s: float = Field(
         5.0, gt=0, description="a frame to Twilio or EVI not written within this ends that socket (peer not reading)"
     )
+    http_idle_timeout_s: float = Field(
+        75.0, gt=0, description="an HTTP connection with no request in progress (half-open, slow headers) is closed"
+    )
+    webhook_body_timeout_s: float = Field(10.0, gt=0, description="time a webhook's body may take to arrive")
     twilio_send_queue_bytes: int = Field(
         256 * 1024, ge=4096, description="frames waiting for Twilio to read; past this the caller is not reading"
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import sys
 from urllib.parse import urlencode
 
 import aiohttp
@@ -18,6 +20,7 @@ from gateway.adapters.app import STATUS_PATH, VOICE_PATH
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway
+from gateway.simulator.loopback import free_port
 from gateway.wire.twilio_signature import SETTINGS_HEADER, sign_request
 
 SHARED_KEY = "shared-key-secret-0123456789abcdef"
@@ -336,3 +339,46 @@ async def test_a_webhook_body_cut_off_by_the_client_is_one_line_not_a_traceback(
         "POST", url, data=form(), headers={"X-Twilio-Signature": sign_request(gateway.auth_token or "", url, form())}
     )
     assert status == 200
+
+
+async def test_a_webhook_body_slower_than_its_bound_gets_408(evi_sim: EviSimulator) -> None:
+    """A webhook whose body does not arrive within webhook_body_timeout_s is answered 408 at once."""
+    async with running_gateway(evi_sim.url, webhook_body_timeout_s=0.5) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        body = urlencode(form()).encode()
+        writer.write(
+            f"POST {VOICE_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nContent-Type: "
+            f"application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        await writer.wait_closed()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+
+
+async def test_served_gateway_closes_half_open_connections_after_the_idle_bound() -> None:
+    """`gateway serve` closes a connection that sends nothing, or only part of a request line or of its headers,
+    once http_idle_timeout_s has passed (aiohttp's own default would hold each for an hour)."""
+    port = free_port()
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": "tok", "GATEWAY_HTTP_IDLE_TIMEOUT_S": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 20)
+        partial = [b"", b"POST /twilio/vo", b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\nX-Slow: aaa"]
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in partial]
+        for (_reader, writer), data in zip(conns, partial, strict=True):
+            writer.write(data)
+            await writer.drain()
+        ends = [await asyncio.wait_for(reader.read(), 10) for reader, _writer in conns]
+        assert all(end == b"" for end in ends)  # closed by the gateway, without an answer
+        for _reader, writer in conns:
+            writer.close()
+    finally:
+        proc.terminate()
+        await proc.wait()

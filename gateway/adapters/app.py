@@ -253,12 +253,17 @@ def _client_left(request: web.Request) -> web.HTTPBadRequest:
 async def _signed_params(request: web.Request) -> MultiMapping[Any]:
     """Twilio's parameters (the form of a POST, the query of a GET), after checking ``X-Twilio-Signature``
     over the full public URL, query string included, as Twilio signs it (twilio-media-streams.md §3.6)."""
+    timeout_s = request.app[STATE].settings.webhook_body_timeout_s
     try:
-        form: MultiDictProxy[Any] = await request.post()  # empty for a GET, and for a body that is not a form
-        # A JSON body is signed through its SHA-256 in the query (bodySHA256); the SDK checks that hash.
-        body = await request.text() if "bodySHA256" in request.query else None
+        async with asyncio.timeout(timeout_s):  # docs/operations.md §4: a body dribbled in holds nothing for long
+            form: MultiDictProxy[Any] = await request.post()  # empty for a GET, and for a body that is not a form
+            # A JSON body is signed through its SHA-256 in the query (bodySHA256); the SDK checks that hash.
+            body = await request.text() if "bodySHA256" in request.query else None
     except ConnectionError:
         raise _client_left(request) from None
+    except TimeoutError:
+        log.info("%s %s: the body did not arrive within %g s", request.method, request.path, timeout_s)
+        raise web.HTTPRequestTimeout(text=f"request body not complete within {timeout_s:g} s") from None
     params: MultiMapping[Any] = form if request.method == "POST" else request.query
     auth_token = _auth_token(request)
     if auth_token is None:

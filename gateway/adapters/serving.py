@@ -25,6 +25,9 @@ from gateway.errors import ConfigError
 from gateway.numbers import load_numbers
 
 T = TypeVar("T")
+LINGER_S = 2.0
+"""After answering a request whose body did not arrive whole (408), the rest is read for this long, then the
+connection is closed."""
 
 
 def loop_factory(event_loop: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -105,7 +108,15 @@ async def serve(app: web.Application | Awaitable[web.Application], host: str, po
     if not isinstance(app, web.Application):
         app = await app
     state = app[STATE]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # docs/operations.md §4: aiohttp's own default keeps an idle or half-open connection for an hour, and
+    # waits 10 s for the rest of a body it refused (408) before closing.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=state.settings.http_idle_timeout_s,
+        lingering_time=LINGER_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -67,6 +67,8 @@ GATEWAY_BOUNDS = {
     "GATEWAY_TWILIO_HEARTBEAT_S": "4",
     "GATEWAY_STREAM_TOKEN_TTL_S": "15",
     "GATEWAY_DRAIN_TIMEOUT_S": "5",
+    "GATEWAY_HTTP_IDLE_TIMEOUT_S": "2",
+    "GATEWAY_WEBHOOK_BODY_TIMEOUT_S": "2",  # the slow webhooks dribble their body in over 3-10 s: 408
 }
 """Bounds shorter than the defaults, so each liveness rule acts within a phase (docs/operations.md §4)."""
 _STARTUP_S = 30.0
