@@ -1,24 +1,12 @@
 """One connection of the EVI-compatible simulator (evi-protocol.md §1.2, §1.4–§5, §8).
 
 Owns :class:`EviSession`: it records everything the client sends (messages, declared audio format, raw
-PCM), answers malformed input with EVI ``error`` messages, feeds an optional listener queue (the agent's
-ears), and sends scripted server behaviour: speech turns (``say``), barge-in (``interrupt``) and faults
-(raw frames, errors, closes, a dropped TCP connection, delayed or stalled audio). Also the query-string
-parsing of the handshake (bracketed ``session_settings``). Messages are built and parsed with the
-gateway's own EVI wire models.
-
-Error codes a session sends (§8; EVI publishes codes, not slugs, so the slugs are ours):
-
-=====  ============================  ==============================================================
-code   slug                          when
-=====  ============================  ==============================================================
-E0100  invalid_json                  a text frame is not JSON
-E0101  invalid_message               valid JSON but not a valid message (no ``type``, bad field)
-E0200  audio_format_not_declared     audio before any ``session_settings.audio`` (query or message);
-                                     §4.1: raw PCM with no declared format is not parseable media
-E0201  invalid_base64                ``audio_input.data`` is not base64
-E0101  unknown_tool_call             ``tool_response``/``tool_error`` for no function call this chat awaits
-=====  ============================  ==============================================================
+PCM), answers malformed input with EVI ``error`` messages (their codes are listed in
+:mod:`gateway.simulator.evi_session_protocol`, with the declared audio format and the handshake's query
+parsing, all importable from here too), feeds an optional listener queue (the agent's ears), and sends
+scripted server behaviour: speech turns (``say``), barge-in (``interrupt``) and faults (raw frames, errors,
+closes, a dropped TCP connection, delayed or stalled audio). Messages are built and parsed with the gateway's
+own EVI wire models.
 
 An unknown ``type`` is recorded and ignored (what EVI does is unconfirmed; docs/design.md "Conventions": never fatal).
 The session stays open after every error. Audio sent before it was declared is not kept.
@@ -30,8 +18,6 @@ import asyncio
 import base64
 import json
 import logging
-import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -43,6 +29,21 @@ from gateway.codecs.g711 import require_pcm16
 from gateway.errors import AudioFormatError, SessionClosedError, UpstreamProtocolError
 from gateway.ids import ResponseId
 from gateway.simulator.chat_socket import ChatSocket
+from gateway.simulator.evi_session_protocol import (
+    AUDIO_NOT_DECLARED,
+    INVALID_BASE64,
+    INVALID_JSON,
+    INVALID_MESSAGE,
+    UNKNOWN_TOOL_CALL,
+    AudioChunk,
+    DeclaredAudio,
+    ErrorKind,
+    Inbound,
+    QueryTree,
+    fake_prosody,
+    parse_session_settings_query,
+    query_audio,
+)
 from gateway.simulator.wavgen import wav_bytes
 from gateway.wire import evi_messages as evi
 from gateway.wire.evi_messages import ClientMessage, UnknownMessage
@@ -73,10 +74,7 @@ logger = logging.getLogger("gateway.simulator.evi")
 
 AuthMethod: TypeAlias = Literal["header", "query", "token", "none"]
 SpeechOutcome: TypeAlias = Literal["completed", "interrupted", "stalled", "closed"]
-QueryTree: TypeAlias = dict[str, "str | QueryTree"]
 Agent: TypeAlias = Callable[["EviSession"], Awaitable[None]]
-
-_BRACKET_KEY = re.compile(r"^session_settings((?:\[[^\[\]]*\])+)$")
 
 
 class SessionHost(Protocol):
@@ -86,53 +84,6 @@ class SessionHost(Protocol):
     chunk_ms: int
     realtime_factor: float
     record_audio: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorKind:
-    """An EVI error code with the slug the simulator pairs it with (see the module table)."""
-
-    code: str
-    slug: str
-    message: str
-
-
-INVALID_JSON = ErrorKind("E0100", "invalid_json", "Request is not valid JSON.")
-INVALID_MESSAGE = ErrorKind("E0101", "invalid_message", "Message must be a JSON object with a string 'type'.")
-AUDIO_NOT_DECLARED = ErrorKind(
-    "E0200",
-    "audio_format_not_declared",
-    "Audio received before its format was declared; send session_settings.audio "
-    "(encoding, sample_rate, channels) first.",
-)
-INVALID_BASE64 = ErrorKind("E0201", "invalid_base64", "audio_input.data is not valid base64.")
-UNKNOWN_TOOL_CALL = ErrorKind("E0101", "unknown_tool_call", "No tool call with this tool_call_id awaits an answer.")
-
-
-@dataclass(frozen=True, slots=True)
-class DeclaredAudio:
-    """The caller's audio format as declared by query (§1.2) or ``session_settings`` message (§2.2)."""
-
-    encoding: str
-    rate_hz: int
-    channels: int
-    source: Literal["query", "session_settings"]
-
-    def pcm_ms(self, n_bytes: int) -> float:
-        """Duration of ``n_bytes`` of 16-bit PCM in this format."""
-        return n_bytes * 1000 / (2 * self.channels * self.rate_hz)
-
-
-@dataclass(frozen=True, slots=True)
-class AudioChunk:
-    """Caller audio accepted by a session (``audio_input`` or a binary frame), in its declared format."""
-
-    pcm16: bytes
-    audio: DeclaredAudio
-
-
-Inbound: TypeAlias = ClientMessage | UnknownMessage | AudioChunk
-"""What a listener queue receives: every accepted client message, with audio as :class:`AudioChunk`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,46 +121,6 @@ class _Speech:
     task: asyncio.Task[None] | None = None
 
 
-def parse_session_settings_query(pairs: list[tuple[str, str]]) -> QueryTree:
-    """§1.2: ``session_settings[audio][sample_rate]=8000`` → ``{"audio": {"sample_rate": "8000"}}``."""
-    tree: QueryTree = {}
-    for key, value in pairs:
-        match = _BRACKET_KEY.match(key)
-        if match is None:
-            continue
-        path = match.group(1)[1:-1].split("][")
-        node = tree
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
-    return tree
-
-
-def _query_audio(tree: QueryTree) -> DeclaredAudio | None:
-    audio = tree.get("audio")
-    if not isinstance(audio, dict):
-        return None
-    rate = audio.get("sample_rate")
-    channels = audio.get("channels", "1")
-    encoding = audio.get("encoding", "linear16")
-    if not (isinstance(rate, str) and isinstance(channels, str) and isinstance(encoding, str)):
-        return None
-    if not (rate.isdigit() and channels.isdigit()) or int(rate) == 0 or int(channels) == 0:
-        return None
-    return DeclaredAudio(encoding=encoding, rate_hz=int(rate), channels=int(channels), source="query")
-
-
-def fake_prosody(seed: str) -> evi.Inference:
-    """§3: all 48 prosody scores (the SDK requires every one), deterministic for ``seed``."""
-    rng = random.Random(seed)
-    scores = {name: round(rng.random() * 0.3, 4) for name in evi.EMOTION_NAMES}
-    return evi.Inference(prosody=evi.ProsodyInference(scores=scores))
-
-
 class EviSession:
     """One chat connection: what the client sent, plus scripted server behaviour (§1.4–§5)."""
 
@@ -242,7 +153,7 @@ class EviSession:
         self.received: list[ClientMessage | UnknownMessage] = []
         self.session_settings: list[evi.SessionSettings] = []
         self.user_inputs: list[str] = []
-        self.declared_audio: DeclaredAudio | None = _query_audio(self.session_settings_query)
+        self.declared_audio: DeclaredAudio | None = query_audio(self.session_settings_query)
         self.audio_pcm = bytearray()
         self.audio_ms = 0.0
         self.binary_frames = 0
