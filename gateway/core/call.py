@@ -273,8 +273,13 @@ class Call(CallMachine):
         return self._handle(Input.UPSTREAM_EVENT, now)
 
     def upstream_event(self, event: UpstreamEvent, now: float) -> list[Action]:
-        """A decoded frame (the second half of :meth:`receive_upstream`)."""
+        """A decoded frame (the second half of :meth:`receive_upstream`). Frames still arriving on a socket the
+        call asked to close belong to a session it has left (a stalled one being resumed, one that has said
+        goodbye): they are counted and ignored, so none can revive that session."""
         if self._life.state is CallState.CLOSED:
+            return []
+        if self._life.link is LinkState.CLOSING:
+            self._count("upstream_frames_after_close")
             return []
         return self._on_upstream_event(event, now)
 
