@@ -57,6 +57,9 @@ __all__ = ["GATEWAY_BOUNDS", "FaultsConfig", "main", "run_faults"]
 
 GATEWAY_BOUNDS = {
     "GATEWAY_MAX_CONCURRENT_CALLS": "400",
+    # More than the mutating sockets, so their pending starts never fill the bound a canary's upgrade needs
+    # (16 by default; the half-open row tests that bound with sockets that never send start).
+    "GATEWAY_MAX_PENDING_STREAMS": "64",
     "GATEWAY_START_TIMEOUT_S": "2",
     "GATEWAY_UPSTREAM_STALL_TIMEOUT_S": "3",
     "GATEWAY_SEND_TIMEOUT_S": "2",

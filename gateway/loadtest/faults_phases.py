@@ -399,6 +399,8 @@ async def half_open_phase(ctx: PhaseContext) -> Outcome:
         abandon = n % 4 == 3
         try:
             answer = await slow_webhook(ctx.target, LINE_NUMBERS["talker"], plan.slow_byte_delay_s, abandon=abandon)
+        except ConnectionResetError:
+            return "cut off by the gateway (body past GATEWAY_WEBHOOK_BODY_TIMEOUT_S)"
         except (OSError, TimeoutError) as exc:
             return f"failed: {type(exc).__name__}"
         if abandon:
