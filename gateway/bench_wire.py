@@ -77,9 +77,7 @@ def _optional(name: str) -> Any:
 def run(number: int = 20_000, repeats: int = 5) -> list[WireRow]:
     """Time every case (best of ``repeats`` passes of ``number`` calls); rows grouped by operation."""
     cases = _cases()
-    best_us = {
-        (op, lib): min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6 for op, lib, fn in cases
-    }
+    best_us = {(op, lib): min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6 for op, lib, fn in cases}
     rows = []
     for op in dict.fromkeys(op for op, _lib, _fn in cases):
         base = next((us for (o, lib), us in best_us.items() if o == op and "stdlib" in lib), None)
