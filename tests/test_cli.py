@@ -58,23 +58,24 @@ def test_unknown_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None
     assert info.value.code == 2 and "--colour" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
-async def test_serve_with_the_built_in_agent_answers_a_signed_call(event_loop: str) -> None:
-    """`gateway serve --evi simulator` in its own process, on the event loop GATEWAY_EVENT_LOOP names, says
-    which loop it runs and answers a signed call with the agent's greeting."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "TWILIO_AUTH_TOKEN": "cli-token",
-        "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "GATEWAY_EVENT_LOOP": event_loop,
-    }
-    proc = await asyncio.create_subprocess_exec(
+async def serve_with_agent(port: int, **environ: str) -> asyncio.subprocess.Process:
+    """`gateway serve --evi simulator --evi-cheap` on ``port``, signatures on (token ``cli-token``); its stdout
+    (the listening line) is piped."""
+    env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}", **environ}
+    return await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_serve_with_the_built_in_agent_answers_a_signed_call(event_loop: str) -> None:
+    """`gateway serve --evi simulator` in its own process, on the event loop GATEWAY_EVENT_LOOP names, says
+    which loop it runs and answers a signed call with the agent's greeting."""
+    port = free_port()
+    proc = await serve_with_agent(port, GATEWAY_EVENT_LOOP=event_loop)
     try:
         assert proc.stdout is not None
         listening = await asyncio.wait_for(proc.stdout.readline(), 20)
@@ -127,14 +128,7 @@ def alive(pid: int) -> bool:
 
 async def test_the_agent_worker_ends_when_the_gateway_is_killed() -> None:
     """The agent worker lives only as long as its gateway: SIGKILL the gateway and the worker exits too."""
-    port = free_port()
-    env = {**os.environ, "TWILIO_AUTH_TOKEN": "cli-token", "GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "gateway", "serve", "--port", str(port), "--evi", "simulator", "--evi-cheap"],
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await serve_with_agent(free_port())
     try:
         assert proc.stdout is not None
         await asyncio.wait_for(proc.stdout.readline(), 20)  # listening: the worker is up

@@ -230,9 +230,13 @@ class CallRunner:
 
     def _send_upstream(self, text: str, stamp: float) -> None:
         upstream = self._upstream
-        idle = upstream is not None and not self._upstream_writing and self._upstream_out.empty()
         # Nothing is ahead of this frame: write it now if the socket can take it (no task switch, no timer).
-        if idle and upstream is not None and upstream.send_now(text):
+        if (
+            upstream is not None
+            and not self._upstream_writing
+            and self._upstream_out.empty()
+            and upstream.send_now(text)
+        ):
             if self._metrics is not None:
                 self._metrics.frame_sent("caller_to_evi", self._loop.time() - stamp)
             return

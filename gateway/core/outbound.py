@@ -49,7 +49,7 @@ class OutboundAudio:
         self._transcoder: OutboundTranscoder | None = None
         self._current: ResponseId | None = None
         self._last_audio_s: float | None = None
-        self._cut: set[ResponseId] = set()
+        self._cut: set[ResponseId] = set()  # cut over budget (cut_current); a clear's cuts the playout knows
         self._turn_over = True
         self._turns_started = 0
         self._turns_ended = 0
@@ -66,8 +66,8 @@ class OutboundAudio:
     def agent_audio(self, response_id: ResponseId, wav: bytes, now_s: float) -> list[PlayoutDecision]:
         """Queue one upstream chunk and release what is due. Raises AudioFormatError for a bad WAV (nothing is
         queued then). Late audio of a cut response is dropped here (docs/twilio-media-streams.md P5)."""
-        # A response is cut when it was current at a barge-in or a budget cut, or when the clear found it still
-        # playing (an earlier response whose audio resumes after a later one began, evi-protocol.md §3).
+        # Cut by a budget, or by a clear: that cuts every response still playing, earlier ones included (their
+        # audio may resume after a later one began, evi-protocol.md §3), and the playout buffer keeps track.
         if response_id in self._cut or self._playout.was_cut(response_id):
             self._chunks_dropped_late += 1
             return []
@@ -143,9 +143,7 @@ class OutboundAudio:
         # docs/twilio-media-streams.md P3/P5: clear Twilio's buffer at once; the cut response's late audio
         # will be dropped; the resampler's held samples belong to it and are discarded.
         self._barge_ins += 1
-        if self._current is not None:
-            self._cut.add(self._current)
-            self._current = None
+        self._current = None  # the clear below cuts it (was_cut)
         if self._transcoder is not None:
             self._transcoder.reset()
         self._last_audio_s = None

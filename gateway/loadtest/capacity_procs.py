@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.errors import CapacityRunError
+from gateway.simulator.children import stop_child
 
 
 def cpu_s(pid: int) -> float:
@@ -98,14 +98,7 @@ class Child:
 
     async def stop(self) -> None:
         """Close stdin (the child exits), then kill the process group if it lingers."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), 5)
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
+        await stop_child(self.proc, 5.0)
 
 
 def open_log(path: Path) -> BinaryIO:

@@ -15,7 +15,7 @@ they share with the callers (:mod:`gateway.loadtest.capacity_callers`).
   μ-law is exact for every code but 0x7F, so the sink reads it back from the decoded audio.
 
 Child processes (relay, sinks, callers) talk to the coordinator (``gateway.loadtest.capacity``) in JSON
-lines: commands on stdin (:func:`command_lines`), answers on stdout (:func:`answer`); stdin closing means exit.
+lines (gateway.simulator.children): commands on stdin, answers on stdout; stdin closing means exit.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import json
 import os
 import random
 import struct
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -41,6 +40,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from gateway.codecs.framing import TWILIO_RATE_HZ, ULAW_FRAME_BYTES
 from gateway.codecs.g711 import SAMPLE_WIDTH_BYTES, audioop
 from gateway.codecs.wav import write_wav
+from gateway.simulator.children import answer, command_lines
 from gateway.simulator.loopback import serve_on_free_port
 from gateway.wire import evi_messages as evi
 from gateway.wire.twilio_signature import webhook_signature_ok, websocket_signature_ok
@@ -99,22 +99,6 @@ def decode_tag(pcm16: bytes) -> tuple[int, int, int] | None:
 
 
 # ------------------------------------------------------------------------------------- child plumbing
-
-
-async def command_lines() -> AsyncIterator[dict[str, Any]]:
-    """Commands from the coordinator, one JSON object per stdin line, until stdin closes."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if line.strip():
-            yield json.loads(line)
-
-
-def answer(obj: dict[str, Any]) -> None:
-    """One JSON line to the coordinator."""
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------------- the sink

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from gateway.errors import ConfigError
+from gateway.simulator.children import answer, command_lines, stop_child
 
 WORKER_START_TIMEOUT_S = 60.0
 """Time the worker may take to load its speech models and listen."""
@@ -55,18 +54,7 @@ async def agent_worker(*, cheap: bool, max_sessions: int, log_level: str = "INFO
             raise ConfigError(f"the agent worker exited with status {await proc.wait()} (its log is above)")
         yield json.loads(line)["url"], key
     finally:
-        await _stop(proc)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), WORKER_STOP_TIMEOUT_S)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await stop_child(proc, WORKER_STOP_TIMEOUT_S)
 
 
 async def _serve(cheap: bool, max_sessions: int) -> None:
@@ -83,12 +71,9 @@ async def _serve(cheap: bool, max_sessions: int) -> None:
     )
     await sim.start()
     try:
-        sys.stdout.write(json.dumps({"url": sim.url}) + "\n")
-        sys.stdout.flush()
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        await reader.read()  # until the gateway closes our stdin (or dies)
+        answer({"url": sim.url})
+        async for _command in command_lines():  # until the gateway closes our stdin (or dies)
+            pass
     finally:
         await sim.close()
 
