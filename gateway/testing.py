@@ -182,7 +182,7 @@ class CallDriver:
         while self.now + FRAME_MS / 1000 <= end + 1e-9:
             self.now += FRAME_MS / 1000
             self.rounds += 1
-            if self.call.tick_due(self.rounds):
+            if self.call.tick_due(self.rounds, self.now):
                 actions += self._record(self.call.tick(self.now))
             actions += self.deliver_echoes()
             self._echoes += self.playback.play().echoes

@@ -400,6 +400,31 @@ def test_underrun_is_counted_when_audio_stops_mid_response() -> None:
     assert buffer.statistics().underruns_paced_late == 0  # nothing was queued: the upstream was late
 
 
+def test_a_poll_is_due_only_when_it_would_release_audio_a_final_mark_or_notice_an_underrun() -> None:
+    """``due`` is true exactly when a poll has work: audio once the lead falls, a final mark at once (even with
+    the lead full), the moment the caller's buffer runs dry mid-response (once); false between those."""
+    buffer = PlayoutBuffer(PlayoutParams(lead_ms=160, max_message_ms=200))
+    assert not buffer.due(0.0)
+    buffer.push(A, audio(1600 + 800))  # 300 ms
+    assert buffer.due(0.0)
+    buffer.poll(0.0)  # 200 ms out: the lead is full
+    assert not buffer.due(0.02) and buffer.poll(0.02) == []
+    assert buffer.due(0.041)  # 160 ms ahead no more
+    buffer.poll(0.041)
+    assert not buffer.due(0.06)
+    assert not buffer.due(0.3)
+    assert buffer.due(0.31)  # the caller ran dry with the response still open: an underrun to count
+    buffer.poll(0.31)
+    assert buffer.statistics().underruns == 1
+    assert not buffer.due(0.5)  # counted once
+    buffer.push(B, audio(1600))
+    buffer.poll(0.5)
+    buffer.end_response(B)  # the lead is full, but the final mark goes at once
+    assert buffer.due(0.5)
+    assert [type(d) for d in buffer.poll(0.5)] == [SendMark]
+    assert not buffer.due(0.55)
+
+
 def test_late_tick_in_a_long_response_is_an_underrun() -> None:
     """A poll so late that the caller ran dry while frames were still queued counts as an underrun."""
     buffer = PlayoutBuffer()
@@ -535,7 +560,11 @@ class PlayoutMachine(RuleBasedStateMachine):
     @rule(step_ms=st.integers(0, 120))
     def poll(self, step_ms: int) -> None:
         self.now_s += step_ms / 1000
+        due = self.buffer.due(self.now_s)
+        before = self.buffer.statistics()
         decisions = self.buffer.poll(self.now_s)
+        if not due:  # a clock may skip a poll that is not due: it would have changed nothing
+            assert decisions == [] and self.buffer.statistics() == before
         self._check_decisions(decisions)
 
     def _check_decisions(self, decisions: list[SendMedia | SendMark]) -> None:

@@ -97,7 +97,7 @@ class CallRunner:
     ) -> None:
         self.call = call
         self.tick_phase = next(_TICK_PHASES)
-        """Which rounds of the ticker tick this call while it is quiet (``tick_calls``)."""
+        """Which rounds of the ticker give this active call its periodic tick (``tick_calls``)."""
         # docs/operations.md §4: a Twilio peer that stops reading is noticed by a send passing send_timeout_s or
         # by our queue passing twilio_queue_bytes; its socket is then aborted (a close frame could not get out).
         self._send_timeout_s = send_timeout_s
@@ -406,13 +406,14 @@ class CallRunner:
 async def tick_calls(calls: set[CallRunner]) -> None:
     """One drift-free 20 ms ticker for every call of the app (a task per call costs a wake-up per call).
 
-    A quiet call (``Call.quiet``) is ticked every ``QUIET_TICK_FRAMES`` frames only (``Call.tick_due``), on a
-    phase of its own so that those ticks spread over the rounds."""
+    The core says which rounds a call needs (``Call.tick_due``): an active call is ticked every
+    ``QUIET_TICK_FRAMES`` rounds, on a phase of its own so that those ticks spread over the rounds, and in between
+    only when its playout has something due."""
     round_index = 0
     async for now in ticks(FRAME_MS / 1000):
         round_index += 1
         for runner in list(calls):
-            if not runner.call.tick_due(round_index + runner.tick_phase):
+            if not runner.call.tick_due(round_index + runner.tick_phase, now):
                 continue
             current_call.set(runner.call)  # the ticker's lines carry the call they are about
             try:

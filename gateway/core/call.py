@@ -51,8 +51,9 @@ log = logging.getLogger("gateway.call")
 # docs/twilio-media-streams.md §1.2: the only media format a <Connect><Stream> carries.
 EXPECTED_MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)
 QUIET_TICK_FRAMES = 10
-"""A :attr:`Call.quiet` call needs a tick only every this many frames (200 ms): its deadlines and watchdogs
-count seconds, and everything that makes it busy again (agent audio, a barge-in) is an input, not a tick."""
+"""An active call is ticked every this many frames (200 ms), and in any other round only if its playout has
+something due (:meth:`Call.tick_due`): its deadlines and watchdogs count seconds, and everything else that needs
+the call (agent audio, a barge-in) is an input, not a tick."""
 MAX_FAULTS_KEPT = 20
 """Upstream errors listed in a call's statistics (all of them are counted in the metrics)."""
 
@@ -363,20 +364,17 @@ class Call(CallMachine):
 
     # ------------------------------------------------------------------ the clock
 
-    @property
-    def quiet(self) -> bool:
-        """Active with nothing to pace: no agent audio queued, held or unheard. A tick of a quiet call only checks
-        the deadline and the watchdogs, so the clock may tick it every :data:`QUIET_TICK_FRAMES` frames instead
-        of every frame (most of a call is the caller talking or silence, and 20 ms ticks cost CPU per call)."""
-        return self._life.state is CallState.ACTIVE and self._outbound.quiet
-
-    def tick_due(self, round_index: int) -> bool:
-        """Whether the ticker's round ``round_index`` (any per-call offset added) must tick this call."""
-        return round_index % QUIET_TICK_FRAMES == 0 or not self.quiet
+    def tick_due(self, round_index: int, now: float) -> bool:
+        """Whether the ticker's round ``round_index`` (any per-call offset added), at ``now``, must tick this call:
+        every round outside ``active``; while active, every :data:`QUIET_TICK_FRAMES`-th round, and any round in
+        which the outbound audio has something to pace (a tick between them would change nothing)."""
+        return (
+            round_index % QUIET_TICK_FRAMES == 0 or self._life.state is not CallState.ACTIVE or self._outbound.due(now)
+        )
 
     def tick(self, now: float) -> list[Action]:
-        """Called every ~20 ms (every :data:`QUIET_TICK_FRAMES` frames while :attr:`quiet`): pace playout,
-        enforce the state's deadline and the watchdogs."""
+        """Called every ~20 ms, or less often while active (:meth:`tick_due`): pace playout, enforce the state's
+        deadline and the watchdogs."""
         if self._life.state is CallState.CLOSED:
             return []
         overdue = self._life.overdue(now, self._timeouts_s)

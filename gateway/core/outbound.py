@@ -161,6 +161,13 @@ class OutboundAudio:
             self._last_audio_s = None
         return list(self._playout.poll(now_s))
 
+    def due(self, now_s: float) -> bool:
+        """Whether ``poll(now_s)`` would do anything: flush the resampler after a pause, or release audio."""
+        last_audio_s = self._last_audio_s
+        if last_audio_s is not None and now_s - last_audio_s >= self._pause_flush_s:
+            return True
+        return self._playout.due(now_s)
+
     def mark_echoed(self, name: str) -> MarkEcho:
         """Twilio echoed mark ``name`` (docs/twilio-media-streams.md §1.5)."""
         return self._playout.mark_echoed(name)
@@ -175,11 +182,6 @@ class OutboundAudio:
     def idle(self) -> bool:
         """Nothing queued or held, and everything sent has been played (its marks echoed)."""
         return self._playout.idle
-
-    @property
-    def quiet(self) -> bool:
-        """Idle, and no resampled audio waits for a pause to be flushed: nothing for the 20 ms clock to pace."""
-        return self._last_audio_s is None and self._playout.idle
 
     @property
     def agent_turn_over(self) -> bool:

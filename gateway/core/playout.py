@@ -261,6 +261,13 @@ class PlayoutBuffer:
                 break
         return out
 
+    def due(self, now_s: float) -> bool:
+        """Whether ``poll(now_s)`` would release anything or notice an underrun; when it is not, a poll changes
+        nothing, so a clock may skip it (new audio is polled on arrival)."""
+        if self._queue:
+            return isinstance(self._queue[0], _EndOfResponse) or self._may_release(now_s)
+        return self._play_end_s < now_s - _EPSILON_S and not self._in_underrun and self._mid_response()
+
     def clear(self, now_s: float) -> list[SendClear]:
         """Barge-in (P3): flush Twilio if it may still be playing or we hold audio; start a new generation.
 
