@@ -448,7 +448,8 @@ def test_an_active_call_is_ticked_every_10th_round_and_when_its_playout_is_due()
         d.advance(20)
     assert 5 <= extra <= 15
     assert abs(len(d.heard_ulaw()) - 2000 * 8) <= 160
-    assert d.call.statistics(d.now).playout.underruns == 0
+    playout = d.call.statistics(d.now).playout
+    assert playout is not None and playout.underruns == 0
     assert [r for r in range(1, 21) if d.call.tick_due(r, d.now)] == [QUIET_TICK_FRAMES, 2 * QUIET_TICK_FRAMES]
     d.call.upstream_closed(d.now, 1000, "bye")
     assert d.call.state is not CallState.ACTIVE
