@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -289,6 +290,47 @@ async def test_a_caller_that_stops_reading_is_cut_loose() -> None:
         assert (await calls_ended(gw)).get("twilio_stalled") == 1
         await canary_hears(canary, other)
         await canary.hang_up()
+
+
+async def test_a_caller_answering_pings_stays_and_the_gateway_answers_its_pings() -> None:
+    """The Media Stream keepalive pings every twilio_heartbeat_s; a caller that answers (as RFC 6455 §5.5.2 asks)
+    keeps its call, and a ping from the caller is answered with a pong."""
+    async with EviSimulator() as sim, gateway_with(sim, twilio_heartbeat_s=0.3) as gw, raw_stream(gw) as raw:
+        await (await sim.wait_session(0)).wait_message("session_settings")
+        runner = runner_of(gw, raw.call_sid)
+        for chunk in range(1, 101):  # 2 s of media
+            await raw.ws.send(raw.media(chunk))
+            await asyncio.sleep(0.02)
+        assert runner.twilio_pings_sent >= 4
+        await asyncio.wait_for(await raw.ws.ping(b"caller"), 2)
+        assert runner in gw.state.active_calls and runner.call.end_reason is None
+        stop = tw.stop_message(
+            sequence_number=200, stream_sid=raw.stream_sid, account_sid="AC" + "f" * 32, call_sid=raw.call_sid
+        )
+        await raw.ws.send(stop)
+        assert await closed_by_gateway(raw.ws, 5) == 1000
+
+
+async def test_a_caller_whose_socket_answers_no_ping_is_cut_off() -> None:
+    """A peer that keeps sending media but reads nothing (so answers no ping: a half-dead socket) loses its socket
+    once a ping's pong is half an interval late; the call ends (twilio_closed) and its slot is freed."""
+    async with EviSimulator() as sim, gateway_with(sim, twilio_heartbeat_s=0.5) as gw:
+        async with raw_stream(gw) as raw:
+            await (await sim.wait_session(0)).wait_message("session_settings")
+            raw.ws.transport.pause_reading()
+
+            async def keep_talking() -> None:
+                for chunk in range(1, 500):
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await raw.ws.send(raw.media(chunk))
+                    await asyncio.sleep(0.02)
+
+            talker = asyncio.create_task(keep_talking())
+            try:
+                assert await settle(lambda: gw.state.live_calls == 0 and not gw.state.active_calls, 5)
+            finally:
+                talker.cancel()
+        assert (await calls_ended(gw)).get("twilio_closed") == 1
 
 
 async def test_sockets_that_never_send_start_hold_no_call_slot() -> None:

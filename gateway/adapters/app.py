@@ -346,9 +346,10 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         state.calls_rejected += 1
         _refused(state, "too_many_pending_streams")
         raise web.HTTPServiceUnavailable(text="too many streams waiting to start")
-    # twilio-media-streams.md P13: no compression; frames bounded; §4 of operations.md: a heartbeat.
+    # twilio-media-streams.md P13: no compression; frames bounded. The keepalive (docs/operations.md §4) is the
+    # runner's own: aiohttp's heartbeat restarts its timer on every frame received, a callback per frame.
     ws = web.WebSocketResponse(
-        compress=False, max_msg_size=settings.twilio_max_message_bytes, heartbeat=settings.twilio_heartbeat_s
+        compress=False, max_msg_size=settings.twilio_max_message_bytes, heartbeat=None, autoping=False
     )
     await ws.prepare(request)
     now = asyncio.get_running_loop().time()
@@ -367,6 +368,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         send_timeout_s=settings.send_timeout_s,
         twilio_queue_bytes=settings.twilio_send_queue_bytes,
         abort_twilio=transport.abort if transport is not None else None,
+        twilio_ping_interval_s=settings.twilio_heartbeat_s,
     )
     state.active_calls.add(runner)
     state.calls_started += 1

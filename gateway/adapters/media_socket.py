@@ -35,6 +35,7 @@ from gateway.core.actions import (
     TransferCall,
 )
 from gateway.core.call import Call
+from gateway.core.keepalive import Keepalive, KeepaliveVerdict
 from gateway.core.states import CallState, EndReason
 from gateway.core.stats import CallStats
 from gateway.core.tools import ToolOutcome
@@ -76,6 +77,10 @@ MoveCall = Callable[[str, str], Awaitable[None]]
 _TICK_PHASES = itertools.count()
 _CLOSE = object()
 """Queued after the frames for the upstream: close it with ``_upstream_close`` (code, reason)."""
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
+"""Control frames for Twilio go through its writer queue like media (``(kind, payload)``), so that they are
+bounded by the same send timeout and never interleave with a frame being written."""
 
 
 class CallRunner:
@@ -94,6 +99,7 @@ class CallRunner:
         send_timeout_s: float = 5.0,
         twilio_queue_bytes: int = 256 * 1024,
         abort_twilio: Callable[[], None] | None = None,
+        twilio_ping_interval_s: float | None = None,
     ) -> None:
         self.call = call
         self.tick_phase = next(_TICK_PHASES)
@@ -104,6 +110,13 @@ class CallRunner:
         self._twilio_queue_limit = twilio_queue_bytes
         self._twilio_queued_bytes = 0
         self._abort_twilio = abort_twilio
+        self._loop = asyncio.get_running_loop()
+        # docs/operations.md §4: a ping every twilio_heartbeat_s, its pong due within half of it (RFC 6455 §5.5.2).
+        self._keepalive = (
+            Keepalive(twilio_ping_interval_s, twilio_ping_interval_s / 2, self._loop.time())
+            if twilio_ping_interval_s is not None
+            else None
+        )
         self._upstream_queued_bytes = 0
         self._recordings = recordings
         # The recording's tap (docs/recordings.md) sees every frame read and written, and what the upstream said.
@@ -114,9 +127,10 @@ class CallRunner:
         self._move_call = move_call
         self._metrics = metrics
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
         # Frames wait with the time their input was read: the writers measure the gateway's added latency.
-        self._twilio_out: asyncio.Queue[tuple[SendTwilio | CloseTwilio, float]] = asyncio.Queue()
+        self._twilio_out: asyncio.Queue[tuple[SendTwilio | CloseTwilio | tuple[WSMsgType, bytes], float]] = (
+            asyncio.Queue()
+        )
         self._upstream_out: asyncio.Queue[tuple[str, float] | object] = asyncio.Queue(UPSTREAM_QUEUE_FRAMES)
         self._upstream: Upstream | None = None
         self._upstream_task: asyncio.Task[None] | None = None
@@ -131,6 +145,11 @@ class CallRunner:
     def upstream_queued_bytes(self) -> int:
         """Bytes of frames waiting for the upstream writer (bounded by UPSTREAM_QUEUE_BYTES)."""
         return self._upstream_queued_bytes
+
+    @property
+    def twilio_pings_sent(self) -> int:
+        """Keepalive pings queued for the Twilio socket so far."""
+        return self._keepalive.pings_sent if self._keepalive is not None else 0
 
     def now(self) -> float:
         """The loop's monotonic clock, in seconds."""
@@ -282,6 +301,13 @@ class CallRunner:
                 if self._tap is not None:
                     self._tap.twilio_read(msg.data, now)
                 continue
+            if msg.type is WSMsgType.PING:  # RFC 6455 §5.5.2: answered with the same payload
+                self._twilio_out.put_nowait(((_PONG, msg.data), self.now()))
+                continue
+            if msg.type is WSMsgType.PONG:
+                if self._keepalive is not None:
+                    self._keepalive.pong()
+                continue
             if msg.type is WSMsgType.ERROR:
                 log.warning("T< socket error: %s", ws.exception())
             break
@@ -294,6 +320,14 @@ class CallRunner:
         metrics = self._metrics
         while True:
             item, stamp = await self._twilio_out.get()
+            if isinstance(item, tuple):
+                kind, payload = item
+                if (
+                    not ws.closed
+                    and await self._send_twilio(ws.ping(payload) if kind is _PING else ws.pong(payload)) is None
+                ):
+                    return
+                continue
             if isinstance(item, CloseTwilio):
                 if self._tap is not None:
                     self._tap.twilio_closed(self._loop.time())
@@ -309,15 +343,11 @@ class CallRunner:
             if ws.closed:
                 continue
             sent_s = self._loop.time()
-            try:
-                async with asyncio.timeout(self._send_timeout_s):
-                    await ws.send_str(item.text)
-            except ConnectionError:
-                log.info("T> socket gone while sending")
-                continue
-            except TimeoutError:
-                self._twilio_stalled(f"a frame to Twilio was not read within {self._send_timeout_s:g} s")
+            sent = await self._send_twilio(ws.send_str(item.text))
+            if sent is None:
                 return
+            if not sent:
+                continue
             if self._tap is not None:
                 self._tap.twilio_sent(item, sent_s)
             if metrics is not None:
@@ -326,10 +356,33 @@ class CallRunner:
                 elif item.kind == "clear":
                     metrics.clear_to_silence.observe(self._loop.time() - stamp)
 
+    async def _send_twilio(self, sending: Coroutine[Any, Any, None]) -> bool | None:
+        """Write one frame to Twilio within the send timeout: True when written, False when the socket is gone
+        (logged; the frame is dropped), None when Twilio stalled (the call is ending; the writer must stop)."""
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await sending
+        except ConnectionError:
+            log.info("T> socket gone while sending")
+            return False
+        except TimeoutError:
+            self._twilio_stalled(f"a frame to Twilio was not read within {self._send_timeout_s:g} s")
+            return None
+        return True
+
     def tick(self, now: float) -> None:
-        """Called by the app-wide ticker every 20 ms while this call runs."""
-        if self.call.state is not CallState.CLOSED:
-            self.execute(self.call.tick(now), now)
+        """Called by the app-wide ticker whenever the core says the call needs a round (``Call.tick_due``)."""
+        if self.call.state is CallState.CLOSED:
+            return
+        if self._keepalive is not None and (verdict := self._keepalive.poll(now)) is not None:
+            if verdict is KeepaliveVerdict.PING:
+                self._twilio_out.put_nowait(((_PING, b""), now))
+            elif not self._ws.closed:
+                # The socket is gone without a word: abort it; the reader then reports it closed (twilio_closed).
+                log.warning("T< no pong within %g s of a ping: closing the socket", self._keepalive.timeout_s)
+                if self._abort_twilio is not None:
+                    self._abort_twilio()
+        self.execute(self.call.tick(now), now)
 
     # ------------------------------------------------------------------ the upstream socket
 
