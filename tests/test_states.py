@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import re
 from pathlib import Path
@@ -167,3 +168,37 @@ def test_readme_diagram_is_generated_from_the_table() -> None:
     match = re.search(r"```mermaid\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     assert match is not None, "README.md has no mermaid block"
     assert match.group(1).strip() == to_mermaid().strip()
+
+
+def test_committing_an_inert_move_changes_nothing() -> None:
+    """Every move the table marks inert (a self-loop the core may skip committing) leaves a lifecycle exactly as it
+    was, from every reachable state it is legal in, and leads to no triggered move; a media frame while active is
+    one of them."""
+    reached = {CallState.AWAITING_START: Lifecycle(0.0)}
+    frontier = [CallState.AWAITING_START]
+    while frontier:  # one lifecycle per state, reached through the table
+        state = frontier.pop()
+        for (source, event), target in TRANSITIONS.items():
+            if source is state and target not in reached:
+                life = copy.deepcopy(reached[state])
+                life.commit(life.decide(event) or pytest.fail(f"{event} refused in {state}"), 1.0)
+                reached[target] = life
+                frontier.append(target)
+    inert = 0
+    for (source, event), _target in TRANSITIONS.items():
+        if source not in reached:
+            continue
+        life = copy.deepcopy(reached[source])
+        transition = life.decide(event)
+        assert transition is not None
+        if not transition.inert:
+            continue
+        inert += 1
+        before = copy.deepcopy(vars(life))
+        life.commit(transition, 99.0)
+        assert vars(life) == before, f"{source} / {event}"
+        assert life.triggered(lambda _condition: True) is None
+    assert inert > 10
+    active = reached[CallState.ACTIVE]
+    assert (active.decide(Input.MEDIA) or pytest.fail("media refused")).inert
+    assert not (reached[CallState.AWAITING_START].decide(Input.START) or pytest.fail("start refused")).inert

@@ -15,7 +15,9 @@ from gateway.wire import twilio_media as tw
 from gateway.wire.upstream import SessionStart
 
 
-@dataclass(frozen=True, slots=True)
+# The two per-frame actions are not frozen (a frozen dataclass costs ~0.3 µs more to build); read-only by
+# convention, like every action.
+@dataclass(slots=True)
 class SendTwilio:
     """Send one text frame on the Media Stream socket."""
 
@@ -28,7 +30,7 @@ class SendTwilio:
         return f"SendTwilio({self.kind}, {len(self.text)} chars)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendUpstream:
     """Send one text frame to the upstream (EVI)."""
 

@@ -167,6 +167,8 @@ class CallMachine:
         detail: str = "",
     ) -> list[Action]:
         """Commit ``transition``, run the target state's entry actions, then any moves a condition triggers."""
+        if transition.inert and transition.source is self._life.state and not detail:
+            return actions  # nothing to commit, enter or trigger (states.Transition.inert)
         while True:
             self._life.commit(transition, now, reason, detail)
             if transition.moves:

@@ -373,6 +373,9 @@ class Transition:
     source: CallState
     target: CallState
     cause: Input | Condition
+    inert: bool = False
+    """A self-loop that records nothing and after which no condition can trigger a move (its state has none in
+    :data:`TRIGGERED`): committing it changes nothing, so a caller may skip the commit (a media frame is one)."""
 
     @property
     def moves(self) -> bool:
@@ -380,13 +383,16 @@ class Transition:
         return self.source is not self.target
 
 
-# Every decided move, built once: deciding an input allocates nothing (a call sees ~100 inputs a second).
-_MOVES: dict[tuple[CallState, Input], Transition] = {
-    key: Transition(key[0], t, key[1]) for key, t in TRANSITIONS.items()
-}
 _TRIGGERS: dict[CallState, tuple[Transition, ...]] = {}
 for (_state, _condition), _target in TRIGGERED.items():
     _TRIGGERS[_state] = (*_TRIGGERS.get(_state, ()), Transition(_state, _target, _condition))
+_RECORDED_CAUSES = frozenset({Input.START, Input.UPSTREAM_READY})
+"""Inputs whose commit records when they happened (``Lifecycle.since_s``), even as a self-loop."""
+# Every decided move, built once: deciding an input allocates nothing (a call sees ~100 inputs a second).
+_MOVES: dict[tuple[CallState, Input], Transition] = {
+    key: Transition(key[0], t, key[1], inert=key[0] is t and key[1] not in _RECORDED_CAUSES and key[0] not in _TRIGGERS)
+    for key, t in TRANSITIONS.items()
+}
 
 
 MAX_DETAIL_CHARS = 600

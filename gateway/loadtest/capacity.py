@@ -100,6 +100,9 @@ class CapacityConfig:
     profile_out: Path | None = None
     event_loop: str = "asyncio"
     """The event loop of both servers under test (the gateway and the floor relay): asyncio or uvloop."""
+    load_event_loop: str = "auto"
+    """The event loop of the callers and sinks: uvloop when installed (``auto``), so that the load generator,
+    which shares the other CPUs, costs less and adds less of its own latency; it is not what is measured."""
 
     def __post_init__(self) -> None:
         if not self.levels or any(n < 1 or n > 0xFFFF for n in self.levels):
@@ -302,9 +305,14 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
         log_dir = Path(tmp)
         try:
             sink_port = free_port()
+            from gateway.adapters.serving import loop_factory
+
+            _factory, load_loop_name = loop_factory(config.load_event_loop)
+            report.machine["load_event_loop"] = load_loop_name
+            load_loop = ["--event-loop", load_loop_name]
             sink_args = [
                 "sink", "--port", str(sink_port), "--reply-every-s", str(config.reply_every_s),
-                "--reply-s", str(config.reply_s), "--chunk-ms", str(config.reply_chunk_ms), *life,
+                "--reply-s", str(config.reply_s), "--chunk-ms", str(config.reply_chunk_ms), *life, *load_loop,
             ]  # fmt: skip
             sinks = [await Child.start(f"sink{i}", sink_args, log_dir, env) for i in range(config.sink_procs)]
             started += sinks
@@ -314,7 +322,8 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
             gateway = await Child.start("gateway", ["gateway", *server, *profile], log_dir, env)
             relay = await Child.start("relay", ["relay", *server], log_dir, env)
             callers = [
-                await Child.start(f"callers{i}", ["callers", *life], log_dir, env) for i in range(config.caller_procs)
+                await Child.start(f"callers{i}", ["callers", *life, *load_loop], log_dir, env)
+                for i in range(config.caller_procs)
             ]
             started += [gateway, relay, *callers]
             ports = {}
@@ -429,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="asyncio",
         help="event loop of both servers under test, the gateway and the relay (default asyncio)",
     )
+    p.add_argument(
+        "--load-event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of the callers and sinks (default auto: uvloop when installed)",
+    )
     return p
 
 
@@ -452,6 +467,7 @@ def config_from_args(args: argparse.Namespace) -> CapacityConfig:
         sweep=args.sweep,
         profile_out=args.profile_gateway,
         event_loop=args.event_loop,
+        load_event_loop=args.load_event_loop,
     )
 
 

@@ -195,7 +195,8 @@ def format_table(report: CapacityReport) -> str:
     lines = [
         f"gateway bench capacity: {report.machine['cpus']} CPUs, Python {report.machine['python']}; "
         f"{c['window_s']:g} s window per run; per call a {c['reply_s']:g} s reply every {c['reply_every_s']:g} s "
-        f"in {c['reply_chunk_ms']} ms audio_output chunks; servers on {c.get('event_loop', 'asyncio')}",
+        f"in {c['reply_chunk_ms']} ms audio_output chunks; servers on {c.get('event_loop', 'asyncio')}, "
+        f"load generator on {report.machine.get('load_event_loop', 'asyncio')}",
         "in: caller send → EVI-side receive of each frame; out: EVI-side send of a reply → the caller hearing it "
         "(ms); msgs/s: messages to Twilio per second of speech; KiB/call: server RSS added per call",
         "core: the server's share of one CPU; load-gen: callers + sink; other: anything else on the machine (noise)",
