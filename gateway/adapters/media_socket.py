@@ -126,6 +126,8 @@ class CallRunner:
         self._run_tool = run_tool
         self._move_call = move_call
         self._metrics = metrics
+        # The caller frame's added latency, observed per frame: the histogram's own method, bound once.
+        self._observe_caller_frame = metrics.frames["caller_to_evi"].observe if metrics is not None else None
         self._side_tasks: set[asyncio.Task[None]] = set()
         # Frames wait with the time their input was read: the writers measure the gateway's added latency.
         self._twilio_out: asyncio.Queue[tuple[SendTwilio | CloseTwilio | tuple[WSMsgType, bytes], float]] = (
@@ -256,8 +258,8 @@ class CallRunner:
             and self._upstream_out.empty()
             and upstream.send_now(text)
         ):
-            if self._metrics is not None:
-                self._metrics.frame_sent("caller_to_evi", self._loop.time() - stamp)
+            if self._observe_caller_frame is not None:
+                self._observe_caller_frame(self._loop.time() - stamp)
             return
         if self._upstream_queued_bytes + len(text) > UPSTREAM_QUEUE_BYTES:
             self._upstream_dropped()
