@@ -12,14 +12,6 @@ from typing import Any
 import pytest
 
 from gateway.loadtest.faults import main
-from gateway.loadtest.faults_mutate import (
-    ENDING_TWILIO_KINDS,
-    EVI_KINDS,
-    TWILIO_KINDS,
-    EviMutator,
-    Frame,
-    TwilioMutator,
-)
 from gateway.loadtest.faults_report import (
     FaultsReport,
     Sample,
@@ -27,6 +19,14 @@ from gateway.loadtest.faults_report import (
     crash_lines,
     describe_crash,
     format_table,
+)
+from gateway.simulator.mutator import (
+    ENDING_TWILIO_KINDS,
+    EVI_KINDS,
+    TWILIO_KINDS,
+    EviMutator,
+    Frame,
+    TwilioMutator,
 )
 from gateway.wire.twilio_media import parse_twilio_message
 

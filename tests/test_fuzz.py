@@ -42,7 +42,8 @@ from gateway.ids import MarkName, StreamSid
 from gateway.simulator.caller import CallerConfig, TwilioCaller
 from gateway.simulator.evi import EviSession, EviSimulator
 from gateway.simulator.harness import running_gateway, settle, still_open
-from gateway.simulator.mutator import SPEECH_FRAME_ULAW, FrameBudget, evi_frames, hostile_call, mutate, twilio_frames
+from gateway.simulator.hostile import SPEECH_FRAME_ULAW, FrameBudget, evi_frames, hostile_call, twilio_frames
+from gateway.simulator.mutator import mutate
 from gateway.simulator.wavgen import speechlike_pcm16
 from gateway.testing import CallDriver
 from gateway.wire import evi_messages as evi

@@ -6,7 +6,7 @@ The gateway opens each chat with the ``config_id`` of the caller's line (the num
 - ``canary``, ``soak``: the simulator's own agent (:class:`~gateway.simulator.agent.VoiceAgent`, cheap mode: turn
   detection on, replies as tones), so canaries talk and are answered;
 - ``talker``: 300 ms of tone every second; ``talker_long``: speech without a pause (for callers that read slowly);
-- ``evi_mutate``: mutated server messages (:class:`~gateway.loadtest.faults_mutate.EviMutator`) at a steady rate;
+- ``evi_mutate``: mutated server messages (:class:`~gateway.simulator.mutator.EviMutator`) at a steady rate;
 - ``evi_drop``: speaks, then aborts the TCP connection or closes with 1011, 1001, 1000 or 4000, in turn;
 - ``evi_stall``: sends nothing after ``chat_metadata``; ``evi_stall_mid``: stops in the middle of a response;
 - ``evi_noread``: stops reading its socket (a frozen process), then drops it after a bound;
@@ -31,14 +31,12 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import WSMsgType
-
 from gateway.errors import SessionClosedError
-from gateway.loadtest.faults_mutate import EviMutator, Frame
 from gateway.loadtest.relay import answer, command_lines
 from gateway.simulator.agent import AgentConfig, VoiceAgent
 from gateway.simulator.agent_script import load_agent_script
 from gateway.simulator.evi import EviSession, EviSimulator
+from gateway.simulator.mutator import EviMutator, Frame
 from gateway.simulator.wavgen import tone_pcm16
 
 __all__ = ["EVI_API_KEY", "FaultAgent", "LINES", "main"]
@@ -202,13 +200,7 @@ def server_transport(session: EviSession) -> asyncio.Transport | None:
 
 async def send_frame(session: EviSession, frame: Frame) -> None:
     """Send a mutated frame as is: binary, or text whose bytes may not be UTF-8."""
-    if frame.binary:
-        await session.send_raw(frame.data)
-        return
-    ws = session._ws._ws  # noqa: SLF001 - text frames with invalid UTF-8 need the raw frame writer
-    if ws.closed:
-        raise SessionClosedError("the chat connection is closed")
-    await ws.send_frame(frame.data, WSMsgType.TEXT)
+    await session.send_frame(frame.data, binary=frame.binary)
 
 
 async def _serve(port: int, seed: int) -> None:

@@ -28,9 +28,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.codecs.g711 import pcm16_to_ulaw
 from gateway.errors import DialError
-from gateway.loadtest.faults_mutate import Frame
 from gateway.simulator.caller import CallerConfig, TwilioCaller, new_sid
 from gateway.simulator.caller_dial import API_VERSION, post_webhook, read_twiml
+from gateway.simulator.mutator import Frame
 from gateway.simulator.recording import CallRecord
 from gateway.simulator.twilio_playback import MarkEcho, TwilioPlayback
 from gateway.simulator.wavgen import speechlike_pcm16

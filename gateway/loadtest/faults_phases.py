@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 
 from gateway.errors import DialError
-from gateway.loadtest.faults_mutate import ENDING_TWILIO_KINDS, TwilioMutator
 from gateway.loadtest.faults_peers import (
     HALF_OPEN_VARIANTS,
     SPEECH_ULAW,
@@ -31,6 +30,7 @@ from gateway.loadtest.faults_peers import (
 )
 from gateway.loadtest.faults_report import FD_SLACK, RSS_SECOND_HALF_MIB, TASK_SLACK, Sample
 from gateway.simulator.caller import CallerConfig, NetworkTrouble, TwilioCaller
+from gateway.simulator.mutator import ENDING_TWILIO_KINDS, TwilioMutator
 
 __all__ = ["LINE_NUMBERS", "SCENARIOS", "Outcome", "PhaseContext", "Plan", "soak_call"]
 

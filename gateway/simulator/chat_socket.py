@@ -49,6 +49,15 @@ class ChatSocket:
         except (ConnectionError, RuntimeError) as exc:
             raise SessionClosedError(f"the chat connection is gone: {exc}") from None
 
+    async def send_text_bytes(self, data: bytes) -> None:
+        """Send ``data`` as one text frame as is, UTF-8 or not (a hostile peer's frame; RFC 6455 §8.1)."""
+        if self._ws.closed:
+            raise SessionClosedError("the chat connection is closed")
+        try:
+            await self._ws.send_frame(data, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError) as exc:
+            raise SessionClosedError(f"the chat connection is gone: {exc}") from None
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """An orderly close with ``code`` (the client sees it)."""
         if self.close_code is None:

@@ -372,6 +372,13 @@ class EviSession:
         """Send one frame exactly as given (text for ``str``, binary for ``bytes``)."""
         await self._ws.send(text)
 
+    async def send_frame(self, data: bytes, *, binary: bool) -> None:
+        """Send a hostile peer's frame as is: binary, or a text frame whose bytes need not be UTF-8."""
+        if binary:
+            await self._ws.send(data)
+        else:
+            await self._ws.send_text_bytes(data)
+
     async def send_message(self, message: evi.EviModel) -> None:
         """Send any EVI server message model (e.g. ``UserMessage``, ``ToolCallMessage``)."""
         await self._send(message)
