@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -123,6 +124,30 @@ async def test_tiny_sweep_accounts_for_every_frame_on_both_paths() -> None:
         assert result["rss_mib"] > 10, result
     table = format_table(report)
     assert "relay" in table and "gateway" in table and "limit" in table
+
+
+async def test_paired_runs_load_both_servers_at_once_and_report_each_ones_cpu() -> None:
+    """``--paired``: both servers carry their calls in the same window (both use CPU in it, with calls on each),
+    and the report holds one ratio per run and their median instead of the sweep."""
+    config = CapacityConfig(
+        levels=(1,), window_s=1.5, settle_s=0.3, budget_s=60, pin=False, reply_every_s=0.8, reply_s=0.4,
+        paired_calls=3, paired_runs=2,
+    )  # fmt: skip
+    report = await run_capacity(config)
+    assert report.levels == [] and len(report.paired) == 2
+    for run in report.paired:
+        assert run.calls == 3 and run.relay_ms_per_call_s > 0 and run.gateway_ms_per_call_s > 0
+        assert run.cpu_ratio == pytest.approx(run.gateway_ms_per_call_s / run.relay_ms_per_call_s)
+    data = json.loads(json.dumps(report.as_dict()))
+    assert len(data["paired"]) == 2 and data["stopped"] == "2 paired runs"
+    table = format_table(report)
+    assert "paired: 3 calls on each server at once" in table and "median ×" in table
+
+
+def test_paired_options_are_checked() -> None:
+    """A paired run needs at least one call and one run."""
+    assert main(["--paired", "0"]) == 2
+    assert main(["--paired", "5", "--paired-runs", "0"]) == 2
 
 
 def test_reply_latency_pairs_each_heard_reply_with_the_start_before_it() -> None:

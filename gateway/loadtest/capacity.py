@@ -46,6 +46,7 @@ import aiohttp
 
 from gateway.errors import CapacityRunError, ConfigError
 from gateway.loadtest.capacity_callers import run_callers
+from gateway.loadtest.capacity_paired import paired_runs
 from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s, pin_processes, rss_bytes
 from gateway.loadtest.capacity_report import (
     CapacityReport,
@@ -100,6 +101,9 @@ class CapacityConfig:
     profile_out: Path | None = None
     event_loop: str = "asyncio"
     """The event loop of both servers under test (the gateway and the floor relay): asyncio or uvloop."""
+    paired_calls: int | None = None
+    """``--paired``: instead of the sweep, runs with this many calls on each server at once (CPU only)."""
+    paired_runs: int = 3
     load_event_loop: str = "auto"
     """The event loop of the callers and sinks: uvloop when installed (``auto``), so that the load generator,
     which shares the other CPUs, costs less and adds less of its own latency; it is not what is measured."""
@@ -112,6 +116,8 @@ class CapacityConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if min(self.settle_s, self.retries) < 0 or min(self.caller_procs, self.sink_procs) < 1:
             raise ConfigError("settle_s and retries must not be negative; caller/sink processes must be >= 1")
+        if self.paired_calls is not None and (self.paired_calls < 1 or self.paired_runs < 1):
+            raise ConfigError("--paired calls and --paired-runs must be at least 1")
         if self.reply_chunk_ms < 20:
             raise ConfigError(f"reply chunks must be at least 20 ms, got {self.reply_chunk_ms}")
         if self.reply_s >= self.reply_every_s:
@@ -191,7 +197,7 @@ class _Sweep:
         parts = [await caller.read(timeout_s=60 + calls / 10) for caller in callers]
         sent = sum(p["frames_sent"] for p in parts)
         reports = await self._sink_reports(sent)
-        await self._wait_idle(self.ports[path])
+        await self.wait_idle(self.ports[path])
         histogram: dict[int, int] = {}
         for report in reports:
             for key, count in report["histogram"].items():
@@ -244,7 +250,7 @@ class _Sweep:
                 return reports
             await asyncio.sleep(0.2)
 
-    async def _wait_idle(self, port: int) -> None:
+    async def wait_idle(self, port: int) -> None:
         """Until the server reports no active call (at most 15 s), so runs do not overlap."""
         async with aiohttp.ClientSession() as http:
             deadline_s = time.monotonic() + 15.0
@@ -334,7 +340,15 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
                 report.machine["pinning"] = pin_processes([gateway.proc.pid, relay.proc.pid], load)
             roles = {"gateway": [gateway], "relay": [relay], "callers": callers, "sinks": sinks}
             sweep = _Sweep(config, roles, ports, auth_token)
-            report.stopped = await _sweep_levels(config, sweep, report, t0, say)
+            if config.paired_calls is not None:
+                report.paired = await paired_runs(
+                    config.paired_runs, calls=config.paired_calls, children=roles, ports=ports, auth_token=auth_token,
+                    dial_rate_per_s=config.dial_rate_per_s, settle_s=config.settle_s, window_s=config.window_s,
+                    wait_idle=sweep.wait_idle, say=say,
+                )  # fmt: skip
+                report.stopped = f"{len(report.paired)} paired runs"
+            else:
+                report.stopped = await _sweep_levels(config, sweep, report, t0, say)
         finally:
             await asyncio.gather(*(child.stop() for child in started))
             os.sched_setaffinity(0, affinity)
@@ -439,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop of both servers under test, the gateway and the relay (default asyncio)",
     )
     p.add_argument(
+        "--paired",
+        type=int,
+        metavar="CALLS",
+        help="instead of the sweep: CALLS calls on each server at once, sharing its core, for the CPU ratio on a "
+        "noisy machine (latency not measured)",
+    )
+    p.add_argument("--paired-runs", type=int, default=3, help="windows of --paired (default 3)")
+    p.add_argument(
         "--load-event-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -468,6 +490,8 @@ def config_from_args(args: argparse.Namespace) -> CapacityConfig:
         profile_out=args.profile_gateway,
         event_loop=args.event_loop,
         load_event_loop=args.load_event_loop,
+        paired_calls=args.paired,
+        paired_runs=args.paired_runs,
     )
 
 

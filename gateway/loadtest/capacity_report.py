@@ -7,6 +7,7 @@ import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gateway.loadtest.capacity_paired import PairedRun, format_paired
 from gateway.loadtest.relay import LATENCY_BIN_NS
 
 __all__ = [
@@ -95,6 +96,8 @@ class CapacityReport:
     machine: dict[str, Any]
     levels: list[LevelResult] = field(default_factory=list)
     stopped: str = ""
+    paired: list[PairedRun] = field(default_factory=list)
+    """``--paired``: windows with both servers loaded at once (CPU only)."""
 
     def limit(self) -> LevelResult | None:
         """The passing level with the most calls."""
@@ -109,6 +112,7 @@ class CapacityReport:
             "config": self.config,
             "machine": self.machine,
             "levels": [asdict(lvl) for lvl in self.levels],
+            "paired": [asdict(run) for run in self.paired],
             "stopped": self.stopped,
             "limit_calls": best.calls if best else None,
             "calls_per_core": per_core,
@@ -188,15 +192,25 @@ def level_lines(level: LevelResult) -> str:
     )
 
 
+def _title(report: CapacityReport) -> str:
+    c = report.config
+    return (
+        f"gateway bench capacity: {report.machine['cpus']} CPUs, Python {report.machine['python']}; "
+        f"{c['window_s']:g} s window per run; per call a {c['reply_s']:g} s reply every {c['reply_every_s']:g} s "
+        f"in {c['reply_chunk_ms']} ms audio_output chunks; servers on {c.get('event_loop', 'asyncio')}, "
+        f"load generator on {report.machine.get('load_event_loop', 'asyncio')}"
+    )
+
+
 def format_table(report: CapacityReport) -> str:
     """The sweep as a plain-text table with the verdict."""
     c = report.config
     data = report.as_dict()
+    if report.paired:
+        return "\n".join([_title(report), f"pinning: {report.machine.get('pinning', 'off')}",
+                          *format_paired(report.paired)]) + "\n"  # fmt: skip
     lines = [
-        f"gateway bench capacity: {report.machine['cpus']} CPUs, Python {report.machine['python']}; "
-        f"{c['window_s']:g} s window per run; per call a {c['reply_s']:g} s reply every {c['reply_every_s']:g} s "
-        f"in {c['reply_chunk_ms']} ms audio_output chunks; servers on {c.get('event_loop', 'asyncio')}, "
-        f"load generator on {report.machine.get('load_event_loop', 'asyncio')}",
+        _title(report),
         "in: caller send → EVI-side receive of each frame; out: EVI-side send of a reply → the caller hearing it "
         "(ms); msgs/s: messages to Twilio per second of speech; KiB/call: server RSS added per call",
         "core: the server's share of one CPU; load-gen: callers + sink; other: anything else on the machine (noise)",
