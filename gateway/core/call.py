@@ -69,12 +69,17 @@ class Call(CallMachine):
         if self._life.state is CallState.CLOSED:
             return []
         try:
-            message = tw.parse_twilio_message(text)
+            obj = tw.load_twilio_object(text)
+            fields = tw.plain_media(obj)
+            if fields is None:
+                message = tw.twilio_event(obj)
         except TwilioProtocolError as exc:
             return self._twilio_violation(str(exc), now)
+        if fields is not None:  # the hot path: a good media frame, forwarded without building an event object
+            return self._on_media(fields[0], fields[3], fields[4], fields[5], now)
         match message:
             case tw.Media():
-                return self._on_media(message, now)
+                return self._on_media(message.stream_sid, message.chunk, message.timestamp_ms, message.payload, now)
             case tw.Mark():
                 return self._handle(Input.MARK, now, lambda: self._on_mark(message))
             case tw.Start():
@@ -127,19 +132,21 @@ class Call(CallMachine):
         self._watch.started(now)
         return self._handle(Input.START, now)
 
-    def _on_media(self, message: tw.Media, now: float) -> list[Action]:
-        if self._life.state is not CallState.AWAITING_START and message.stream_sid != self.stream_sid:
+    def _on_media(self, stream_sid: str, chunk: int, timestamp_ms: int, ulaw: bytes, now: float) -> list[Action]:
+        if self._life.state is not CallState.AWAITING_START and stream_sid != self.stream_sid:
             # docs/twilio-media-streams.md P10: a frame of another stream is not ours to play or forward.
             self._count("twilio_wrong_stream_sid")
-            log.warning("T< media for stream %s on stream %s dropped", message.stream_sid, self.stream_sid)
+            log.warning("T< media for stream %s on stream %s dropped", stream_sid, self.stream_sid)
             return self._handle(Input.TWILIO_IGNORED, now)
-        verdict = self._watch.media(len(message.payload) / ULAW_BYTES_PER_MS, now)
+        verdict = self._watch.media(len(ulaw) / ULAW_BYTES_PER_MS, now)
         if verdict == "accept":
-            # _handle(Input.MEDIA, …) without building a closure per frame: decide first, then do the work.
+            # _handle(Input.MEDIA, …) without building a closure per frame: decide first, then do the work; an
+            # inert move (a frame while active) has nothing to commit.
             transition = self._life.decide(Input.MEDIA)
             if transition is None:
                 return self._refused(Input.MEDIA, now)
-            return self._move(transition, now, self._caller_audio(message))
+            actions = self._caller_audio(chunk, timestamp_ms, ulaw)
+            return actions if transition.inert else self._move(transition, now, actions)
         # docs/operations.md §4: caller audio beyond real time plus a burst is refused; past the limit the call ends.
         self._count("caller_frames_over_budget")
         if verdict == "refuse":
@@ -149,11 +156,10 @@ class Call(CallMachine):
         detail = f"caller audio {self._watch.caller_refused_ms / 1000:.1f} s ahead of real time"
         return self._watchdog(Input.TWILIO_FLOOD, now, detail)
 
-    def _caller_audio(self, message: tw.Media) -> list[Action]:
-        verdict = self._inbound.accept(message.timestamp_ms, message.chunk, len(message.payload))
+    def _caller_audio(self, chunk: int, timestamp_ms: int, ulaw: bytes) -> list[Action]:
+        verdict = self._inbound.accept(timestamp_ms, chunk, len(ulaw))
         if verdict.action == "drop":
             return []
-        ulaw = message.payload
         if verdict.fill_ms:
             # docs/twilio-media-streams.md §1.3 (31930): fill what Twilio discarded with silence, keeping time.
             ulaw = ulaw_silence(verdict.fill_ms * ULAW_BYTES_PER_MS) + ulaw
