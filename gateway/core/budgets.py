@@ -122,6 +122,8 @@ class PeerWatch:
         self._agent = TokenBucket(params.agent_audio_bytes_per_s, params.agent_audio_burst_bytes, now)
         self._last_media_s = now
         self._upstream = UpstreamSilence(params, now)
+        self.caller_frame = self._upstream.caller_frame
+        """A caller frame went to the upstream (``caller_frame(pcm16, duration_ms)``): counted if it is speech."""
 
     def started(self, now: float) -> None:
         """Twilio's ``start``: media is due from now on."""
@@ -134,10 +136,6 @@ class PeerWatch:
             return "accept"
         self.caller_refused_ms += duration_ms
         return "flood" if self.caller_refused_ms >= self._params.caller_flood_limit_ms else "refuse"
-
-    def caller_frame(self, pcm16: bytes, duration_ms: float) -> None:
-        """A caller frame went to the upstream."""
-        self._upstream.caller_frame(pcm16, duration_ms)
 
     def upstream_message(self, size_bytes: int, now: float) -> bool:
         """True when an upstream message of ``size_bytes`` may be decoded now."""

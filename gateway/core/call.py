@@ -168,7 +168,7 @@ class Call(CallMachine):
         if route == "hold":
             self._preroll.push(pcm, ulaw_bytes_to_ms(len(ulaw)))
         elif route == "forward":
-            self._watch.caller_frame(pcm, ulaw_bytes_to_ms(len(ulaw)))
+            self._watch.caller_frame(pcm, len(ulaw) / ULAW_BYTES_PER_MS)
             return [SendUpstream(self._codec.encode_audio(pcm))]
         else:
             self._count("caller_frames_dropped")  # e.g. while the upstream is being resumed
