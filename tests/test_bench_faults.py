@@ -169,3 +169,14 @@ def test_quick_matrix_through_the_real_command(tmp_path: Path) -> None:
     assert (tmp_path / "gateway.log").stat().st_size > 0 and (tmp_path / "report.json").exists()
     reasons = {s["name"]: s["reasons"] for s in report["scenarios"] if s["failed"]}
     assert done.returncode == 0, reasons
+
+
+def test_wrong_type_frames_are_never_circular() -> None:
+    """A frame whose fields get wrong-typed values is always serializable: every value is a fresh copy, so one
+    shared list or dict placed at two paths cannot make the frame refer to itself."""
+    mutator = _twilio("circular")
+    for _ in range(3000):
+        assert mutator._wrong_type()  # noqa: SLF001 - the kind that once built a circular frame
+    evi_mutator = EviMutator("circular")
+    for _ in range(3000):
+        assert evi_mutator._wrong_type()  # noqa: SLF001

@@ -18,6 +18,7 @@ Hostile calls that send these frames through the served gateway are :mod:`gatewa
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import random
 import struct
@@ -112,6 +113,12 @@ class Frame:
     kind: str
     data: bytes
     binary: bool = False
+
+
+def _wrong(rng: random.Random) -> Any:
+    """A value of the wrong type, a fresh copy: a shared list or dict set at two places of one frame would make
+    it circular."""
+    return copy.deepcopy(rng.choice(_WRONG_VALUES))
 
 
 def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
@@ -223,9 +230,9 @@ class TwilioMutator:
             case 3:
                 body["mediaFormat"] = {"encoding": "audio/l16", "sampleRate": 16000, "channels": 2}
             case 4:
-                body["callSid"] = self.rng.choice(_WRONG_VALUES)
+                body["callSid"] = _wrong(self.rng)
             case _:
-                obj["start"] = self.rng.choice(_WRONG_VALUES)
+                obj["start"] = _wrong(self.rng)
         return _dump(obj)
 
     def _valid(self) -> bytes:
@@ -243,7 +250,7 @@ class TwilioMutator:
         paths = [("event",), ("sequenceNumber",), ("streamSid",), ("media",), ("media", "track"),
                  ("media", "chunk"), ("media", "timestamp"), ("media", "payload")]  # fmt: skip
         for _ in range(self.rng.randint(1, 2)):
-            _set_path(obj, self.rng.choice(paths), self.rng.choice(_WRONG_VALUES))
+            _set_path(obj, self.rng.choice(paths), _wrong(self.rng))
         return _dump(obj, self.rng)
 
     def _huge_string(self) -> bytes:
@@ -322,7 +329,7 @@ class TwilioMutator:
 
     def _extra_fields(self) -> bytes:
         obj = self._media_obj()
-        obj[_text(self.rng, 6)] = self.rng.choice(_WRONG_VALUES)
+        obj[_text(self.rng, 6)] = _wrong(self.rng)
         obj["media"]["extra"] = {"nested": [1, 2, {"deeper": None}]}
         data = _dump(obj)
         if self.rng.random() < 0.4:  # a repeated key: JSON readers keep the last one
@@ -334,7 +341,7 @@ class TwilioMutator:
         name: Any = self.rng.choice(self.marks) if self.marks and self.rng.random() < 0.6 else None
         if name is None or self.rng.random() < 0.4:
             name = self.rng.choice([*_ODD_STRINGS, _text(self.rng, self.rng.randint(1, 2000)), 7, None, ["m"]])
-        body: Any = {"name": name} if self.rng.random() < 0.9 else self.rng.choice(_WRONG_VALUES)
+        body: Any = {"name": name} if self.rng.random() < 0.9 else _wrong(self.rng)
         return _dump({"event": "mark", "sequenceNumber": str(self.sequence), "streamSid": self.stream_sid,
                       "mark": body}, self.rng)  # fmt: skip
 
@@ -466,7 +473,7 @@ class EviMutator:
     def _wrong_type(self) -> bytes:
         obj = self._audio(self._tone_b64) if self.rng.random() < 0.5 else self._other()
         key = self.rng.choice(sorted(obj))
-        obj[key] = self.rng.choice(_WRONG_VALUES)
+        obj[key] = _wrong(self.rng)
         return _dump(obj, self.rng)
 
     def _unknown_type(self) -> bytes:
