@@ -46,7 +46,7 @@ import aiohttp
 
 from gateway.errors import CapacityRunError, ConfigError
 from gateway.loadtest.capacity_callers import run_callers
-from gateway.loadtest.capacity_paired import paired_runs
+from gateway.loadtest.capacity_paired import PairedSetup, paired_runs
 from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s, pin_processes, rss_bytes
 from gateway.loadtest.capacity_report import (
     CapacityReport,
@@ -341,11 +341,11 @@ async def run_capacity(config: CapacityConfig, progress: Callable[[str], None] |
             roles = {"gateway": [gateway], "relay": [relay], "callers": callers, "sinks": sinks}
             sweep = _Sweep(config, roles, ports, auth_token)
             if config.paired_calls is not None:
-                report.paired = await paired_runs(
-                    config.paired_runs, calls=config.paired_calls, children=roles, ports=ports, auth_token=auth_token,
-                    dial_rate_per_s=config.dial_rate_per_s, settle_s=config.settle_s, window_s=config.window_s,
-                    wait_idle=sweep.wait_idle, say=say,
+                setup = PairedSetup(
+                    children=roles, ports=ports, auth_token=auth_token, dial_rate_per_s=config.dial_rate_per_s,
+                    settle_s=config.settle_s, window_s=config.window_s, wait_idle=sweep.wait_idle,
                 )  # fmt: skip
+                report.paired = await paired_runs(setup, config.paired_runs, config.paired_calls, say)
                 report.stopped = f"{len(report.paired)} paired runs"
             else:
                 report.stopped = await _sweep_levels(config, sweep, report, t0, say)

@@ -21,7 +21,7 @@ from typing import Any
 from gateway.errors import CapacityRunError
 from gateway.loadtest.capacity_procs import Child, cpu_s, machine_busy_s
 
-__all__ = ["PairedRun", "format_paired", "paired_run", "paired_runs"]
+__all__ = ["PairedRun", "PairedSetup", "format_paired", "paired_run", "paired_runs"]
 
 _NS = 1_000_000_000
 
@@ -41,29 +41,32 @@ class PairedRun:
     """CPU used by anything but the benchmark during the window: noise when not ~0."""
 
 
-async def paired_run(
-    *,
-    calls: int,
-    relay: Child,
-    gateway: Child,
-    callers: list[Child],
-    sinks: list[Child],
-    ports: dict[str, int],
-    auth_token: str,
-    dial_rate_per_s: float,
-    settle_s: float,
-    window_s: float,
-    wait_idle: Callable[[int], Awaitable[None]],
-) -> PairedRun:
+@dataclass(frozen=True, slots=True)
+class PairedSetup:
+    """What every paired window uses: the coordinator's children, the servers' ports and the load's shape."""
+
+    children: dict[str, list[Child]]
+    """The coordinator's ``relay``, ``gateway``, ``callers`` and ``sinks``."""
+    ports: dict[str, int]
+    auth_token: str
+    dial_rate_per_s: float
+    settle_s: float
+    window_s: float
+    wait_idle: Callable[[int], Awaitable[None]]
+
+
+async def paired_run(setup: PairedSetup, calls: int) -> PairedRun:
     """Dial ``calls`` calls to each server at once, measure both servers' CPU over one window, hang up."""
+    relay, gateway = setup.children["relay"][0], setup.children["gateway"][0]
+    callers, sinks, ports = setup.children["callers"], setup.children["sinks"], setup.ports
     if len(callers) < 2:
         raise CapacityRunError("--paired needs at least 2 caller processes (one set per server)")
     half = len(callers) // 2
     groups = [("relay", callers[:half], 0), ("gateway", callers[half:], calls)]
     dial_start_ns = time.monotonic_ns() + _NS // 2
-    ramp_ns = int(2 * calls / dial_rate_per_s * _NS)
-    window_start_ns = dial_start_ns + ramp_ns + int(settle_s * _NS)
-    window_end_ns = window_start_ns + int(window_s * _NS)
+    ramp_ns = int(2 * calls / setup.dial_rate_per_s * _NS)
+    window_start_ns = dial_start_ns + ramp_ns + int(setup.settle_s * _NS)
+    window_end_ns = window_start_ns + int(setup.window_s * _NS)
     for sink in sinks:
         await sink.ask({"cmd": "window", "start_ns": window_start_ns, "end_ns": window_end_ns})
     for path, procs, offset in groups:
@@ -72,7 +75,7 @@ async def paired_run(
             # The two servers' dials interleave over the ramp.
             dial_at = [dial_start_ns + (2 * (i - offset) + (offset > 0)) * ramp_ns // (2 * calls) for i in indices]
             caller.send({
-                "cmd": "run", "target": f"http://127.0.0.1:{ports[path]}", "auth_token": auth_token,
+                "cmd": "run", "target": f"http://127.0.0.1:{ports[path]}", "auth_token": setup.auth_token,
                 "indices": indices, "dial_at_ns": dial_at, "window_start_ns": window_start_ns,
                 "window_end_ns": window_end_ns, "hangup_ns": window_end_ns + _NS // 5,
             })  # fmt: skip
@@ -89,7 +92,7 @@ async def paired_run(
     for sink in sinks:
         await sink.ask({"cmd": "report"})
     for path in ("relay", "gateway"):
-        await wait_idle(ports[path])
+        await setup.wait_idle(ports[path])
     if not call_s["relay"] or not call_s["gateway"]:
         raise CapacityRunError(f"a paired run at {calls} calls carried no call through the window")
     relay_ms = used[0] * 1000 / call_s["relay"]
@@ -99,33 +102,17 @@ async def paired_run(
         relay_ms_per_call_s=relay_ms,
         gateway_ms_per_call_s=gateway_ms,
         cpu_ratio=gateway_ms / relay_ms if relay_ms else float("inf"),
-        core_share=(used[0] + used[1]) / window_s,
-        others_core_share=others_s / window_s,
+        core_share=(used[0] + used[1]) / setup.window_s,
+        others_core_share=others_s / setup.window_s,
     )
 
 
-async def paired_runs(
-    runs: int,
-    *,
-    calls: int,
-    children: dict[str, list[Child]],
-    ports: dict[str, int],
-    auth_token: str,
-    dial_rate_per_s: float,
-    settle_s: float,
-    window_s: float,
-    wait_idle: Callable[[int], Awaitable[None]],
-    say: Callable[[str], None],
-) -> list[PairedRun]:
-    """``runs`` paired windows in a row (``children``: the coordinator's relay, gateway, callers and sinks)."""
+async def paired_runs(setup: PairedSetup, runs: int, calls: int, say: Callable[[str], None]) -> list[PairedRun]:
+    """``runs`` paired windows in a row, ``calls`` calls on each server in each."""
     out = []
     for k in range(runs):
         say(f"paired run {k + 1}: {calls} calls on each server …")
-        run = await paired_run(
-            calls=calls, relay=children["relay"][0], gateway=children["gateway"][0], callers=children["callers"],
-            sinks=children["sinks"], ports=ports, auth_token=auth_token, dial_rate_per_s=dial_rate_per_s,
-            settle_s=settle_s, window_s=window_s, wait_idle=wait_idle,
-        )  # fmt: skip
+        run = await paired_run(setup, calls)
         relay_ms, gateway_ms = run.relay_ms_per_call_s, run.gateway_ms_per_call_s
         say(f"  relay {relay_ms:.3f}, gateway {gateway_ms:.3f} ms/call·s: × {run.cpu_ratio:.2f}")
         out.append(run)

@@ -98,19 +98,15 @@ def evi_frames() -> list[str]:
         ),
         evi.AssistantEnd(),
         evi.UserInterruption(time=1_700_000_000_000),
-        evi.UserMessage(
-            message=user,
-            models=evi.Inference(),
-            time=evi.MillisecondInterval(begin=0, end=400),
-            from_text=False,
-            interim=True,
-        ),
-        evi.UserMessage(
-            message=user,
-            models=evi.Inference(),
-            time=evi.MillisecondInterval(begin=0, end=900),
-            from_text=False,
-            interim=False,
+        *(
+            evi.UserMessage(
+                message=user,
+                models=evi.Inference(),
+                time=evi.MillisecondInterval(begin=0, end=end_ms),
+                from_text=False,
+                interim=interim,
+            )
+            for end_ms, interim in ((400, True), (900, False))
         ),
         _tool_call("transfer_call", '{"destination":"sales"}'),
         _tool_call("transfer_call", '{"destination":"nowhere"}'),
