@@ -1,4 +1,5 @@
-"""`gateway serve` as a process: SIGTERM drains (operations.md §2), SIGHUP reloads the numbers file."""
+"""`gateway serve` as a process: SIGTERM drains (operations.md §2), SIGHUP reloads the numbers file, and the
+startup heap is frozen (operations.md §4)."""
 
 from __future__ import annotations
 
@@ -172,3 +173,12 @@ async def test_sighup_with_a_broken_numbers_file_keeps_the_old_one(tmp_path: Pat
         assert "Second." in await busy_message()
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+async def test_serve_freezes_its_startup_heap(tmp_path: Path) -> None:
+    """Once listening, `gateway serve` has frozen its startup objects out of the garbage collector's view (a
+    full collection then walks only what calls made), and says how many in ``gateway_gc_frozen_objects``."""
+    async with served(tmp_path) as (_proc, base), aiohttp.ClientSession() as http, http.get(base + "/metrics") as r:
+        text = await r.text()
+    frozen = re.search(r"^gateway_gc_frozen_objects (\S+)$", text, re.MULTILINE)
+    assert frozen is not None and float(frozen.group(1)) > 10_000

@@ -4,6 +4,7 @@ prometheus_client's own text parser."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,22 @@ async def test_one_call_makes_each_family_true(tmp_path: Path) -> None:
             assert value(after, "gateway_calls_total", end_reason="twilio_stop") == 1
             assert value(after, "gateway_call_duration_seconds_count") == 1
             assert value(after, "gateway_tool_calls_total", tool="lookup_order", outcome="ok") == 1  # not twice
+
+
+async def test_garbage_collector_pauses_are_timed_while_the_app_runs() -> None:
+    """Each full collection while the app runs adds one generation-2 pause to ``gateway_gc_pause_seconds``;
+    the hook leaves ``gc.callbacks`` when the app stops."""
+    async with EviSimulator() as sim, running_gateway(sim.url) as gw:
+        before = await scrape(gw)
+        for _ in range(3):
+            gc.collect()
+        after = await scrape(gw)
+        pauses = gw.app[STATE].metrics
+        assert pauses is not None and pauses.gc_pauses in gc.callbacks
+    counted = value(after, "gateway_gc_pause_seconds_count", generation="2")
+    assert counted - value(before, "gateway_gc_pause_seconds_count", generation="2") >= 3
+    assert value(after, "gateway_gc_pause_seconds_sum", generation="2") > 0
+    assert pauses.gc_pauses not in gc.callbacks
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:

@@ -158,6 +158,7 @@ def make_app(
     state.metrics = GatewayMetrics(lambda: _facts(state))
     app.cleanup_ctx.append(_ticker)
     app.cleanup_ctx.append(_clients)
+    app.cleanup_ctx.append(_gc_pauses)
     app.on_shutdown.append(_close_calls)
     return app
 
@@ -197,6 +198,17 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _gc_pauses(app: web.Application) -> AsyncIterator[None]:
+    """Time the garbage collector's pauses while the app runs (operations.md §1, ``gateway_gc_pause_seconds``)."""
+    metrics = app[STATE].metrics
+    if metrics is None:
+        yield
+        return
+    metrics.gc_pauses.install()
+    yield
+    metrics.gc_pauses.remove()
 
 
 async def _clients(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,9 @@ One registry per app (tests run many apps in one process). Three sources feed it
   a call when it ends, so a long call's latencies and tool calls show while it runs;
 - each call's :class:`~gateway.core.stats.CallStats` when it ends (end reason, duration, gaps, underruns);
 - the adapter's own timings per frame (:meth:`GatewayMetrics.frame_sent`), kept in a lock-free histogram
-  because they come 100 times a second per call.
+  because they come 100 times a second per call;
+- the pauses of Python's cyclic garbage collector (:class:`GcPauses`, a ``gc.callbacks`` hook installed while
+  the app runs): no frame moves during one, so a long one shows as latency on every call.
 
 Gauges that are facts of the app (active calls, draining, admission, recordings) are read at scrape time by
 a collector, never copied.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -26,7 +30,7 @@ from prometheus_client.registry import Collector
 from gateway.core.observe import Observation
 from gateway.core.stats import CallStats
 
-__all__ = ["CONTENT_TYPE", "FRAME_BUCKETS_S", "AppFacts", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "FRAME_BUCKETS_S", "AppFacts", "GatewayMetrics", "GcPauses"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FRAME_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
@@ -68,6 +72,31 @@ class _FrameHistogram:
         return out
 
 
+class GcPauses:
+    """The pause of every cyclic garbage collection, by generation, as a ``gc.callbacks`` hook.
+
+    Install it with :meth:`install` and take it out with :meth:`remove`; a collection under way when it is
+    installed is not counted."""
+
+    def __init__(self) -> None:
+        self.by_generation = {generation: _FrameHistogram(FRAME_BUCKETS_S) for generation in range(3)}
+        self._started_s: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started_s = time.perf_counter()
+        elif self._started_s is not None:
+            self.by_generation[info["generation"]].observe(time.perf_counter() - self._started_s)
+            self._started_s = None
+
+    def install(self) -> None:
+        gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
 def _tasks_alive() -> int | None:
     """Tasks not yet done on the running event loop (a leak shows as growth at idle); None outside a loop."""
     try:
@@ -101,6 +130,11 @@ class _Live(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily(
+            "gateway_gc_frozen_objects",
+            "Objects frozen out of the garbage collector's view at startup.",
+            value=gc.get_freeze_count(),
+        )
         tasks = _tasks_alive()
         if tasks is not None:
             yield GaugeMetricFamily("gateway_asyncio_tasks", "asyncio tasks alive on the event loop.", value=tasks)
@@ -114,6 +148,14 @@ class _Live(Collector):
         for direction, histogram in metrics.frames.items():
             added.add_metric([direction], histogram.cumulative(), sum_value=histogram.sum_s)
         yield added
+        pauses = HistogramMetricFamily(
+            "gateway_gc_pause_seconds",
+            "Pauses of the cyclic garbage collector, by generation: no frame moves during one.",
+            labels=["generation"],
+        )
+        for generation, histogram in metrics.gc_pauses.by_generation.items():
+            pauses.add_metric([str(generation)], histogram.cumulative(), sum_value=histogram.sum_s)
+        yield pauses
 
 
 class GatewayMetrics:
@@ -124,6 +166,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.frames = {d: _FrameHistogram(FRAME_BUCKETS_S) for d in ("caller_to_evi", "evi_to_caller")}
+        self.gc_pauses = GcPauses()
         self.calls = Counter("gateway_calls", "Calls ended, by end reason.", ["end_reason"], registry=r)
         self.duration = Histogram(
             "gateway_call_duration_seconds", "Length of ended calls.", buckets=_DURATION_BUCKETS_S, registry=r

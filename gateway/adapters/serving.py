@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -59,6 +60,19 @@ def run(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
 
 
 log = logging.getLogger("gateway.serve")
+
+
+def freeze_startup_heap() -> int:
+    """Take every object alive now (modules, schemas, the app) out of the cyclic garbage collector's view.
+
+    A full collection walks every object it tracks, and no frame moves meanwhile: after the imports that is
+    ~70,000 objects, 50–90 ms on a 2-core machine, often enough to land in a p99. Frozen, they are never
+    walked again, and a full collection walks only what calls made (operations.md §4). Returns how many
+    objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
 
 SHUTDOWN_RETRY_S = 1.0
 """After the grace, how often a call that could not yet say goodbye is asked again."""
@@ -120,6 +134,7 @@ async def serve(app: web.Application | Awaitable[web.Application], host: str, po
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
+    freeze_startup_heap()
     addresses = ", ".join(f"http://{address[0]}:{address[1]}" for address in runner.addresses)
     loop = asyncio.get_running_loop()
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"

@@ -580,8 +580,10 @@ def _child_main(argv: list[str]) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    from gateway.adapters.serving import run  # the servers under test run on the loop `gateway serve` would
+    # Every process runs on the loop and with the frozen startup heap `gateway serve` would.
+    from gateway.adapters.serving import freeze_startup_heap, run
 
+    freeze_startup_heap()
     try:
         run(bounded(), args.event_loop)
     finally:
