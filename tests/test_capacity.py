@@ -23,7 +23,7 @@ from gateway.loadtest.capacity import (
     run_capacity,
 )
 from gateway.loadtest.capacity_callers import tagged_media
-from gateway.loadtest.capacity_report import CapacityReport, LevelResult, PathResult, reply_latencies_ns
+from gateway.loadtest.capacity_report import CapacityReport, LevelResult, PathResult, level_lines, reply_latencies_ns
 from gateway.loadtest.relay import FILLER_B64, TAG_BYTES, SinkStats, decode_tag, encode_tag
 from gateway.wire.evi_codec import EviCodec
 from gateway.wire.twilio_media import inbound_media_message
@@ -206,3 +206,33 @@ async def test_sweep_bisects_to_the_largest_passing_level() -> None:
     fake = _ThresholdSweep(limit=263)
     await _sweep_levels(without, fake, CapacityReport(config={}, machine={}), time.monotonic(), lambda text: None)  # type: ignore[arg-type]
     assert fake.ran == [100, 200, 400]
+
+
+def test_a_failing_level_says_when_the_machine_missed_the_limit_too() -> None:
+    """A failed level names what else missed the limit: the floor relay (its own p99 over it) and a load
+    generator near the end of its CPU; a level that passed, or that failed alone, names neither."""
+    slow_relay = replace(_PATH, in_p99_ms=12.0, out_p99_ms=3.0)
+    busy_load = replace(_PATH, callers_core_share=0.5, sinks_core_share=0.4)
+    failed = replace(_LEVEL, ok=False, why="in p99 30 ms >= 10 ms")
+    assert replace(failed, relay=slow_relay).machine_bound() == ["the floor relay missed it too"]
+    assert replace(failed, gateway=busy_load).machine_bound() == ["the load generator used 90% of its CPU"]
+    assert failed.machine_bound() == [] and "machine-bound" not in level_lines(failed)
+    both = replace(failed, relay=slow_relay, gateway=busy_load)
+    assert level_lines(both).endswith(
+        "FAIL: in p99 30 ms >= 10 ms; machine-bound: the floor relay missed it too, "
+        "the load generator used 90% of its CPU"
+    )
+    assert "machine-bound" not in level_lines(replace(both, ok=True, why=""))
+
+
+def test_the_table_says_when_the_first_failing_level_was_machine_bound() -> None:
+    """The sweep's table ends by saying that its limit is the machine's when, at the first level that failed,
+    the floor relay missed the limit as well."""
+    config = {"window_s": 1.0, "reply_s": 1.0, "reply_every_s": 3.0, "reply_chunk_ms": 334, "max_p99_ms": 10.0}
+    passed = replace(_LEVEL, calls=100)
+    failed = replace(_LEVEL, calls=150, ok=False, why="in p99 30 ms >= 10 ms")
+    slow = replace(failed, relay=replace(_PATH, in_p99_ms=25.0))
+    alone = format_table(CapacityReport(config=config, machine={"cpus": 2, "python": "3"}, levels=[passed, failed]))
+    assert "the machine's" not in alone
+    table = format_table(CapacityReport(config=config, machine={"cpus": 2, "python": "3"}, levels=[passed, slow]))
+    assert "at 150 calls, the first level that failed, the floor relay missed it too" in table

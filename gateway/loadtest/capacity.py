@@ -165,6 +165,7 @@ class _Sweep:
             ok=not problems,
             why="; ".join(problems),
             attempts=attempts,
+            limit_ms=limit_ms,
         )
 
     async def path(self, path: str, calls: int) -> PathResult:
@@ -580,7 +581,7 @@ def _child_main(argv: list[str]) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    # Every process runs on the loop and with the frozen startup heap `gateway serve` would.
+    # Every process has the event loop and the frozen startup heap `gateway serve` would.
     from gateway.adapters.serving import freeze_startup_heap, run
 
     freeze_startup_heap()

@@ -28,6 +28,9 @@ GOAL_MESSAGES_PER_SPEECH_S = 20.0
 MAX_REPLY_LATENCY_NS = 2_000_000_000
 """A reply heard later than this after the sink began it is not matched to it (counted as unheard)."""
 _NOISY_SHARE = 0.1
+LOAD_BOUND_SHARE = 0.85
+"""A load generator past this share of its CPU delays what it sends and reads: latency measured then is partly
+its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,20 @@ class LevelResult:
     ok: bool
     why: str
     attempts: int = 1
+    limit_ms: float = 10.0
+    """The p99 limit the level was judged by."""
+
+    def machine_bound(self) -> list[str]:
+        """What, beside the gateway, missed the limit at this level: the floor relay itself, or a load
+        generator near the end of its CPU (then the level says more about the machine than the gateway)."""
+        notes = []
+        relay = self.relay
+        if any(p99 is not None and p99 >= self.limit_ms for p99 in (relay.in_p99_ms, relay.out_p99_ms)):
+            notes.append("the floor relay missed it too")
+        load = max(r.callers_core_share + r.sinks_core_share for r in (relay, self.gateway))
+        if load >= LOAD_BOUND_SHARE:
+            notes.append(f"the load generator used {load:.0%} of its CPU")
+        return notes
 
 
 @dataclass
@@ -182,6 +199,8 @@ def level_lines(level: LevelResult) -> str:
     verdict = ("ok" if level.ok else f"FAIL: {level.why}") + (
         f" (attempt {level.attempts})" if level.attempts > 1 else ""
     )
+    if not level.ok and (bound := level.machine_bound()):
+        verdict += f"; machine-bound: {', '.join(bound)}"
     added = (
         f"in p50 {_f(level.added_in_p50_ms)} / p99 {_f(level.added_in_p99_ms)} ms, "
         f"out p50 {_f(level.added_out_p50_ms, 1)} / p99 {_f(level.added_out_p99_ms, 1)} ms"
@@ -236,5 +255,11 @@ def format_table(report: CapacityReport) -> str:
             f"there the gateway's CPU per call-second allows {_f(data['calls_per_core'], 0)} calls per core and is "
             f"{_f(data['cpu_ratio_at_limit'])} × the floor relay's (goal ≤ {GOAL_CPU_RATIO:g} ×, "
             f"≥ {GOAL_CALLS_PER_CORE} calls/core: {'met' if data['goal']['met'] else 'not met'})"
+        )
+    failed = sorted((lvl for lvl in report.levels if not lvl.ok), key=lambda lvl: lvl.calls)
+    if failed and (bound := failed[0].machine_bound()):
+        lines.append(
+            f"at {failed[0].calls} calls, the first level that failed, {' and '.join(bound)}: that limit is the "
+            "machine's as much as the gateway's"
         )
     return "\n".join(lines) + "\n"

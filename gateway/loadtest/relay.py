@@ -92,9 +92,10 @@ def decode_tag(pcm16: bytes) -> tuple[int, int, int] | None:
     ulaw = audioop.lin2ulaw(pcm16[:_PCM_TAG_BYTES], 2)
     if len(ulaw) < TAG_BYTES or ulaw[:2] != _TAG_MARK:
         return None
-    high = ulaw[2 : 2 + _TAG_STRUCT.size].translate(_UNNIBBLE)
-    low = ulaw[2 + _TAG_STRUCT.size : TAG_BYTES].translate(_UNNIBBLE)
-    call_index, frame, sent_ns = _TAG_STRUCT.unpack(bytes(h << 4 | lo for h, lo in zip(high, low, strict=True)))
+    high = int.from_bytes(ulaw[2 : 2 + _TAG_STRUCT.size].translate(_UNNIBBLE))
+    low = int.from_bytes(ulaw[2 + _TAG_STRUCT.size : TAG_BYTES].translate(_UNNIBBLE))
+    # Each byte of ``high`` and ``low`` holds one nibble, so shifting the whole number never carries across bytes.
+    call_index, frame, sent_ns = _TAG_STRUCT.unpack((high << 4 | low).to_bytes(_TAG_STRUCT.size))
     return call_index, frame, sent_ns
 
 
