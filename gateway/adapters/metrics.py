@@ -1,6 +1,6 @@
 """Prometheus metrics of one gateway app at ``GET /metrics`` (operations.md §1).
 
-One registry per app (tests run many apps in one process). Three sources feed it:
+One registry per app (tests run many apps in one process). Four sources feed it:
 
 - the core's observations (:mod:`gateway.core.observe`), taken from every live call at each scrape and from
   a call when it ends, so a long call's latencies and tool calls show while it runs;
