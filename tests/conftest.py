@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,6 +11,14 @@ import pytest
 
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway, settle, still_open
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection left alive (modules, test items), as `gateway serve` freezes its startup heap
+    (docs/operations.md §4): a full collection of it paused this process's loop for 100-190 ms, long enough to
+    run a loopback call's playout dry in the middle of a test."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)
