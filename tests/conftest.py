@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gateway.adapters.serving import freeze_startup_heap
 from gateway.simulator.evi import EviSimulator
 from gateway.simulator.harness import RunningGateway, running_gateway, settle, still_open
 
@@ -17,8 +17,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Freeze what collection left alive (modules, test items), as `gateway serve` freezes its startup heap
     (docs/operations.md §4): a full collection of it paused this process's loop for 100-190 ms, long enough to
     run a loopback call's playout dry in the middle of a test."""
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
 
 
 @pytest.fixture(autouse=True)

@@ -203,9 +203,7 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
 async def _gc_pauses(app: web.Application) -> AsyncIterator[None]:
     """Time the garbage collector's pauses while the app runs (operations.md §1, ``gateway_gc_pause_seconds``)."""
     metrics = app[STATE].metrics
-    if metrics is None:
-        yield
-        return
+    assert metrics is not None  # make_app sets it before adding this hook
     metrics.gc_pauses.install()
     yield
     metrics.gc_pauses.remove()
